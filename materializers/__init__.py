@@ -1,0 +1,1 @@
+"""ZenML materializers for samtune's artifact types (folders and JSON, never pickle)."""

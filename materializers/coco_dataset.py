@@ -1,0 +1,14 @@
+"""CocoDataset (all converted slices) as a folder artifact."""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from zenml.enums import ArtifactType
+
+from materializers.folder import FolderDatasetMaterializer
+from samtune.data.datasets import CocoDataset
+
+
+class CocoDatasetMaterializer(FolderDatasetMaterializer):
+    ASSOCIATED_TYPES: ClassVar[tuple[type[Any], ...]] = (CocoDataset,)
+    ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.DATA

@@ -1,0 +1,30 @@
+"""Pipeline registry for the CLI: name → module, description and step plan.
+
+Kept free of zenml imports so `run.py --list-pipelines` and `--dry-run` stay fast; a test checks
+each plan against the steps the real pipeline wires.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    module: str
+    description: str
+    plan: tuple[tuple[str, tuple[str, ...]], ...]  # (step name, config sections it reads)
+
+
+PREPARE_PLAN = (
+    ("ingest_volumes", ("data",)),
+    ("validate_volumes", ("validate", "output_dir")),
+    ("convert_to_coco", ("convert",)),
+    ("split_dataset", ("split", "output_dir")),
+)
+
+PIPELINES: dict[str, PipelineSpec] = {
+    "prepare": PipelineSpec(
+        "pipelines.prepare",
+        "volumes on disk → validated, patient-split COCO slices under output_dir/dataset",
+        PREPARE_PLAN),
+}

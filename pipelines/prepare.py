@@ -1,0 +1,26 @@
+"""`prepare`: volumes on disk → validated, patient-split COCO slices."""
+from __future__ import annotations
+
+from typing import Any
+
+from zenml import pipeline
+
+from steps.convert_to_coco import convert_to_coco
+from steps.ingest_volumes import ingest_volumes
+from steps.split_dataset import split_dataset
+from steps.validate_volumes import validate_volumes
+
+
+def prepare_dataset(config: dict[str, Any]) -> Any:
+    """The prepare steps, wired; `finetune` calls this too so both share one cache."""
+    cases = ingest_volumes(data=config["data"])
+    valid, _, _ = validate_volumes(cases, rules=config["validate"],
+                                   output_dir=config["output_dir"],
+                                   workers=config["convert"]["workers"])
+    coco = convert_to_coco(valid, convert=config["convert"])
+    return split_dataset(coco, valid, split=config["split"], output_dir=config["output_dir"])
+
+
+@pipeline
+def prepare(config: dict[str, Any]) -> None:
+    prepare_dataset(config)

@@ -1,0 +1,138 @@
+"""samtune command line: `python run.py --pipeline prepare --config demo`.
+
+Exit codes: 0 ok, 1 the run failed, 2 bad usage or config.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+from pipelines import PIPELINES
+from samtune.config import Config, ConfigError, load_config
+from samtune.data.cases import DataError
+
+REPO = Path(__file__).resolve().parent
+log = logging.getLogger("samtune")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="run.py", description=__doc__.splitlines()[0])
+    p.add_argument("--pipeline", choices=sorted(PIPELINES), help="pipeline to run")
+    p.add_argument("--config", default="demo", help="config name in configs/ or a YAML path")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set convert.img_size=512 (repeatable)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate and print the resolved config and step plan; run nothing")
+    p.add_argument("--no-cache", action="store_true", help="re-run every step")
+    p.add_argument("--list-datasets", action="store_true", help="list dataset layouts")
+    p.add_argument("--list-pipelines", action="store_true", help="list pipelines")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p.parse_args(argv)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout,
+                        force=True)
+    for noisy in ("great_expectations", "matplotlib", "PIL", "urllib3", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _print_listing(args: argparse.Namespace) -> None:
+    if args.list_datasets:
+        from samtune.data.layouts import list_layouts
+
+        print("dataset layouts (data.layout):")
+        for name, text in list_layouts().items():
+            print(f"  {name:<10} {text}")
+    if args.list_pipelines:
+        print("pipelines (--pipeline):")
+        for name, spec in PIPELINES.items():
+            print(f"  {name:<10} {spec.description}")
+
+
+def _dry_run(cfg: Config, pipeline: str) -> None:
+    print(f"# resolved config ({pipeline})")
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    print(f"# step plan: {pipeline}")
+    for i, (step_name, sections) in enumerate(PIPELINES[pipeline].plan, 1):
+        print(f"  {i}. {step_name:<18} ← {', '.join(sections)}")
+    if cfg.data.root is not None and not cfg.data.root.exists() and cfg.data.layout != "phantoms":
+        log.warning("data.root %s does not exist (yet): the run would stop at ingest",
+                    cfg.data.root)
+
+
+def _report(run: object, output_dir: Path) -> None:
+    steps = getattr(run, "steps", {})
+    for name, step_run in steps.items():
+        print(f"  {name:<18} {getattr(step_run.status, 'value', step_run.status)}")
+    summary = output_dir / "dataset" / "dataset.json"
+    if summary.exists():
+        counts = json.loads(summary.read_text()).get("splits", {})
+        print(f"dataset: {output_dir / 'dataset'}  {json.dumps(counts)}")
+    print(f"validation report: {output_dir / 'reports' / 'validation.html'}")
+
+
+def run_pipeline(cfg: Config, name: str, no_cache: bool, verbose: bool) -> int:
+    from stacks.local import configure_environment, ensure_stack
+
+    home = configure_environment(cfg.stack, REPO)
+    from zenml.enums import ExecutionMode
+
+    root = logging.getLogger()
+    if any(type(h).__name__ == "ZenMLConsoleHandler" for h in root.handlers):
+        for handler in [h for h in root.handlers if type(h) is logging.StreamHandler]:
+            root.removeHandler(handler)  # zenml prints to the console itself: print once
+    if not verbose:  # a failed step's message is reported once, below, without a traceback
+        quiet = ("zenml.orchestrators.local.local_orchestrator", "zenml.orchestrators.step_launcher")
+        for handler in root.handlers:
+            handler.addFilter(lambda r: r.name not in quiet or r.levelno < logging.ERROR)
+    ensure_stack(cfg.stack, home)
+    module = importlib.import_module(PIPELINES[name].module)
+    # FAIL_FAST re-raises the failing step's own exception (a DataError names file and problem)
+    pipeline = getattr(module, name).with_options(
+        execution_mode=ExecutionMode.FAIL_FAST, enable_cache=not no_cache)
+    run = pipeline(config=cfg.to_dict())
+    _report(run, cfg.output_dir)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    _setup_logging(args.verbose)
+    if args.list_datasets or args.list_pipelines:
+        _print_listing(args)
+        return 0
+    if not args.pipeline:
+        log.error("choose a pipeline with --pipeline (one of %s)", ", ".join(PIPELINES))
+        return 2
+    try:
+        cfg = load_config(args.config, args.set)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    if args.dry_run:
+        _dry_run(cfg, args.pipeline)
+        return 0
+    try:
+        return run_pipeline(cfg, args.pipeline, args.no_cache, args.verbose)
+    except (DataError, ConfigError) as exc:
+        log.error("run failed: %s", exc)
+        return 1
+    except Exception as exc:  # unexpected: the traceback is one flag away
+        log.error("run failed: %s: %s", type(exc).__name__, exc)
+        if args.verbose:
+            log.exception("traceback")
+        else:
+            log.error("re-run with --verbose for the traceback")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""One pydantic config tree for every pipeline, loaded from YAML with `--set` overrides.
+
+Every section forbids unknown keys; a typo is reported with its dotted location and the closest
+valid key (`ConfigError`).
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from samtune.config_sections import (  # noqa: F401  re-exported: one tree, one import path
+    ConvertConfig,
+    DataConfig,
+    EvalConfig,
+    LORA_TARGETS,
+    LoraConfig,
+    ModelConfig,
+    PhantomConfig,
+    PromptConfig,
+    RegistryConfig,
+    Section,
+    SplitConfig,
+    StackConfig,
+    TrainConfig,
+    ValidateConfig,
+)
+
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message is meant for the user as it is."""
+
+
+class Config(Section):
+    name: str = "samtune"
+    output_dir: Path = Field(Path("outputs"), description="exports users open")
+    data: DataConfig
+    validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+    convert: ConvertConfig = Field(default_factory=ConvertConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    stack: StackConfig = Field(default_factory=StackConfig)
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict with YAML key names (what `--dry-run` prints)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def _closest(key: str, model: type[BaseModel] | None) -> str:
+    if model is None:
+        return ""
+    names = [f.alias or n for n, f in model.model_fields.items()]
+    match = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else f" (valid keys: {', '.join(names)})"
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the field at `loc` (None past a dict/list)."""
+    model: type[BaseModel] | None = Config
+    for part in loc:
+        fields = {f.alias or n: f for n, f in model.model_fields.items()} if model else {}
+        field = fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        model = next((a for a in getattr(ann, "__args__", (ann,))
+                      if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return None
+    return model
+
+
+def _format(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        dotted = ".".join(str(p) for p in loc) or "<root>"
+        if e["type"] == "extra_forbidden":
+            hint = _closest(str(loc[-1]), _model_at(loc[:-1]))
+            lines.append(f"  {dotted}: unknown key{hint}")
+        else:
+            lines.append(f"  {dotted}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """`demo` → configs/demo.yaml; an existing path is used as it is."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        return p
+    candidate = CONFIGS_DIR / f"{name_or_path}.yaml"
+    if candidate.exists():
+        return candidate
+    known = sorted(q.stem for q in CONFIGS_DIR.glob("*.yaml"))
+    raise ConfigError(f"config '{name_or_path}' not found: not a file, and not one of {known}")
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `dotted.key=value` overrides; values are parsed as YAML (so `0.5`, `[1,2]`, `null`)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set '{item}': expected dotted.key=value")
+        key, _, text = item.partition("=")
+        value = yaml.safe_load(text) if text.strip() else ""
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set '{item}': '{part}' is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return raw
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (name in configs/ or a path), apply overrides, validate."""
+    path = resolve_config_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format(err, str(path))) from None

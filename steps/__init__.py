@@ -1,0 +1,1 @@
+"""ZenML steps: thin wrappers that unpack config, call samtune, and return Annotated outputs."""

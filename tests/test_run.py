@@ -1,0 +1,57 @@
+"""The CLI: dry runs for every shipped config, listings, exit codes."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import run
+from pipelines import PIPELINES
+from samtune.config import CONFIGS_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")))
+def test_dry_run_every_config(name: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = run.main(["--pipeline", "prepare", "--config", name,
+                     "--set", f"data.root={tmp_path}", "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"root: {tmp_path}" in out
+    for step_name, _ in PIPELINES["prepare"].plan:
+        assert step_name in out
+
+
+def test_dry_run_runs_nothing(tmp_path: Path) -> None:
+    out_dir = tmp_path / "out"
+    assert run.main(["--pipeline", "prepare", "--config", "demo", "--dry-run",
+                     "--set", f"output_dir={out_dir}", "--set", f"stack.home={tmp_path / 'h'}"]) == 0
+    assert not out_dir.exists() and not (tmp_path / "h").exists()
+
+
+def test_exit_codes(capsys: pytest.CaptureFixture) -> None:
+    assert run.main(["--pipeline", "prepare", "--config", "demo", "--set", "convert.img_sze=3",
+                     "--dry-run"]) == 2
+    assert "did you mean 'img_size'" in capsys.readouterr().out
+    assert run.main(["--pipeline", "prepare", "--config", "missing_cfg"]) == 2
+    assert run.main(["--config", "demo"]) == 2
+    with pytest.raises(SystemExit) as exc:
+        run.main(["--pipeline", "nope"])
+    assert exc.value.code == 2
+
+
+def test_listings(capsys: pytest.CaptureFixture) -> None:
+    assert run.main(["--list-datasets", "--list-pipelines"]) == 0
+    out = capsys.readouterr().out
+    for layout in ("asoca", "imagecas", "nnunet", "folder", "csv", "coco2d", "phantoms"):
+        assert f"  {layout} " in out
+    assert "prepare" in out
+
+
+def test_cli_entry_point_as_script() -> None:
+    proc = subprocess.run([sys.executable, "run.py", "--list-pipelines"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "prepare" in proc.stdout
