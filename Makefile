@@ -17,7 +17,7 @@ $(STAMP): requirements.txt requirements.lock
 venv: $(STAMP)
 
 demo: venv
-	$(BIN)/python run.py --pipeline prepare --config demo
+	$(BIN)/python run.py --pipeline finetune --config demo
 
 test: venv
 	$(BIN)/python -m pytest -q

@@ -32,6 +32,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-cache", action="store_true", help="re-run every step")
     p.add_argument("--list-datasets", action="store_true", help="list dataset layouts")
     p.add_argument("--list-pipelines", action="store_true", help="list pipelines")
+    p.add_argument("--list-models", action="store_true", help="list the model zoo")
+    p.add_argument("--download", metavar="MODEL",
+                   help="fetch MODEL's official checkpoint into model.checkpoints_dir")
+    p.add_argument("--check", action="store_true",
+                   help="system check: versions, devices, disk, stack, checkpoints, smoke test")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p.parse_args(argv)
 
@@ -55,6 +60,13 @@ def _print_listing(args: argparse.Namespace) -> None:
         print("pipelines (--pipeline):")
         for name, spec in PIPELINES.items():
             print(f"  {name:<10} {spec.description}")
+    if args.list_models:
+        from samtune.models.registry import list_models
+
+        print(f"{'model':<16} {'family':<10} {'params':>12} {'img':>5}  checkpoint (sha256)")
+        for m in list_models():
+            print(f"{m['name']:<16} {m['family']:<10} {m['params']:>12,} {m['img_size']:>5}  "
+                  f"{m['checkpoint'] or '-'} ({m['sha256'] or 'unknown'})")
 
 
 def _dry_run(cfg: Config, pipeline: str) -> None:
@@ -69,18 +81,37 @@ def _dry_run(cfg: Config, pipeline: str) -> None:
 
 
 def _report(run: object, output_dir: Path) -> None:
-    steps = getattr(run, "steps", {})
-    for name, step_run in steps.items():
+    for name, step_run in getattr(run, "steps", {}).items():
         print(f"  {name:<18} {getattr(step_run.status, 'value', step_run.status)}")
     summary = output_dir / "dataset" / "dataset.json"
     if summary.exists():
         counts = json.loads(summary.read_text()).get("splits", {})
-        print(f"dataset: {output_dir / 'dataset'}  {json.dumps(counts)}")
+        sizes = ", ".join(f"{k} {v['images']} slices / {v['patients']} patients"
+                          for k, v in counts.items())
+        print(f"dataset: {output_dir / 'dataset'} ({sizes})")
     print(f"validation report: {output_dir / 'reports' / 'validation.html'}")
+    evaluation = output_dir / "metrics" / "slice_eval.json"
+    if evaluation.exists() and "train_model" in getattr(run, "steps", {}):
+        m = json.loads(evaluation.read_text())["metrics"]
+        print(f"test Dice {m['instance_dice']:.4f} (IoU {m['instance_iou']:.4f}) vs box-fill "
+              f"baseline Dice {m['instance_baseline_dice']:.4f} (IoU "
+              f"{m['instance_baseline_iou']:.4f})")
+
+
+def _check(cfg: Config) -> int:
+    from samtune import check
+    from stacks.local import configure_environment, stack_rows
+
+    home = configure_environment(cfg.stack, REPO)
+    rows = (check.package_rows() + check.device_rows()
+            + check.disk_rows({"artifacts": home, "cache": cfg.train.cache_dir})
+            + stack_rows(cfg.stack, home) + check.checkpoint_rows(cfg) + check.smoke_rows())
+    print(check.format_table(rows))
+    return 1 if any(status == "fail" for _, status, _ in rows) else 0
 
 
 def run_pipeline(cfg: Config, name: str, no_cache: bool, verbose: bool) -> int:
-    from stacks.local import configure_environment, ensure_stack
+    from stacks.local import configure_environment, ensure_stack, prepare_experiment
 
     home = configure_environment(cfg.stack, REPO)
     from zenml.enums import ExecutionMode
@@ -94,10 +125,15 @@ def run_pipeline(cfg: Config, name: str, no_cache: bool, verbose: bool) -> int:
         for handler in root.handlers:
             handler.addFilter(lambda r: r.name not in quiet or r.levelno < logging.ERROR)
     ensure_stack(cfg.stack, home)
+    prepare_experiment(cfg.stack, home, name)
     module = importlib.import_module(PIPELINES[name].module)
     # FAIL_FAST re-raises the failing step's own exception (a DataError names file and problem)
-    pipeline = getattr(module, name).with_options(
-        execution_mode=ExecutionMode.FAIL_FAST, enable_cache=not no_cache)
+    options: dict = {"execution_mode": ExecutionMode.FAIL_FAST, "enable_cache": not no_cache}
+    if name != "prepare":  # the ZenML Model Control Plane version this run produces
+        from zenml import Model
+
+        options["model"] = Model(name=cfg.registry.model_name)
+    pipeline = getattr(module, name).with_options(**options)
     run = pipeline(config=cfg.to_dict())
     _report(run, cfg.output_dir)
     return 0
@@ -106,9 +142,24 @@ def run_pipeline(cfg: Config, name: str, no_cache: bool, verbose: bool) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     _setup_logging(args.verbose)
-    if args.list_datasets or args.list_pipelines:
+    if args.list_datasets or args.list_pipelines or args.list_models:
         _print_listing(args)
         return 0
+    if args.download:
+        from samtune.models.checkpoints import download
+
+        try:
+            print(download(args.download, load_config(args.config, args.set).model.checkpoints_dir))
+        except (OSError, ValueError, ConfigError) as exc:
+            log.error("%s", exc)
+            return 1
+        return 0
+    if args.check:
+        try:
+            return _check(load_config(args.config, args.set))
+        except ConfigError as exc:
+            log.error("%s", exc)
+            return 2
     if not args.pipeline:
         log.error("choose a pipeline with --pipeline (one of %s)", ", ".join(PIPELINES))
         return 2

@@ -14,7 +14,7 @@ none, CTA window, 8-connected components, min area 5):
       split between their users) is printed beside it. The target is on the RSS ratio.
 Only min(N, --distinct) phantoms are generated; the other files are hard links to them (the
 work per file is the same, generation is the slow part). Ends with one JSON line.
-Usage: python bench/convert.py [--n-small 2] [--n-large 20] [--n-naive 5] [--quick]
+Usage: python bench/convert.py [--n-small 2] [--n-large 20] [--n-naive 5] [--quick] [--keep]
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -197,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--distinct", type=int, default=3, help="distinct phantoms generated")
     parser.add_argument("--quick", action="store_true", help="128×128×64 volumes, smoke run")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temp folder")
+    parser.add_argument("--keep", action="store_true", help="keep the generated data and outputs")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
@@ -233,6 +235,8 @@ def main(argv: list[str] | None = None) -> None:
                     r["peak_pss_mb"], r["summary"])
     logger.info("load average at the end: %s (the figures are wall times; CPU contention from "
                 "other processes slows the 2-worker run most)", os.getloadavg())
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
     print(json.dumps({
         "speedup_vs_naive": round(naive / sam, 2), "ratio_to_floor": round(sam / floor, 2),
         "rss_ratio_20_vs_2": round(large["peak_rss_mb"] / small["peak_rss_mb"], 3),

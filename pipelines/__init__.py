@@ -22,9 +22,19 @@ PREPARE_PLAN = (
     ("split_dataset", ("split", "output_dir")),
 )
 
+FINETUNE_PLAN = PREPARE_PLAN + (
+    ("train_model", ("model", "train", "output_dir")),
+    ("evaluate_model", ("eval", "output_dir")),
+    ("register_model", ("registry",)),
+)
+
 PIPELINES: dict[str, PipelineSpec] = {
     "prepare": PipelineSpec(
         "pipelines.prepare",
         "volumes on disk → validated, patient-split COCO slices under output_dir/dataset",
         PREPARE_PLAN),
+    "finetune": PipelineSpec(
+        "pipelines.finetune",
+        "prepare (cached) → train → evaluate on the test split → register in MLflow",
+        FINETUNE_PLAN),
 }

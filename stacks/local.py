@@ -83,3 +83,36 @@ def ensure_stack(stack: StackConfig, home: Path) -> str:
     if client.active_stack_model.name != stack.name:
         client.activate_stack(stack.name)
     return stack.name
+
+
+def prepare_experiment(stack: StackConfig, home: Path, pipeline: str) -> None:
+    """Create the pipeline's MLflow experiment (ZenML's tracker names it after the pipeline)
+    with its artifacts under `home`; a sqlite store would otherwise write ./mlruns wherever
+    the command runs. Experiments on a user's own server are left as they are."""
+    from samtune.tracking import ensure_experiment
+
+    uri = tracking_uri(stack, home)
+    if uri.startswith("sqlite:") and uri == f"sqlite:///{home / 'mlflow.db'}":
+        ensure_experiment(pipeline, home / "mlartifacts", tracking_uri=uri)
+
+
+def stack_rows(stack: StackConfig, home: Path) -> list[tuple[str, str, str]]:
+    """System-check rows: the active ZenML stack and whether MLflow answers."""
+    rows = []
+    try:
+        ensure_stack(stack, home)
+        from zenml.client import Client
+
+        active = Client().active_stack_model
+        rows.append(("zenml stack", "ok", f"{active.name} (store {Client().zen_store.url})"))
+    except Exception as exc:  # noqa: BLE001 - reported as a failed check row
+        rows.append(("zenml stack", "fail", f"{type(exc).__name__}: {exc}"))
+    uri = tracking_uri(stack, home)
+    try:
+        import mlflow
+
+        mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        rows.append(("mlflow", "ok", uri))
+    except Exception as exc:  # noqa: BLE001
+        rows.append(("mlflow", "fail", f"{uri}: {type(exc).__name__}: {exc}"))
+    return rows

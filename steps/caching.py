@@ -1,7 +1,7 @@
-"""Cache policy for data steps: keyed on input content, parameters and samtune's own code.
+"""Cache policies keyed on input content, parameters and samtune's own code.
 
-ZenML hashes only the step function's source; a change inside samtune/data (a new conversion
-rule, a fixed reader) must invalidate cached outputs too, so the key includes that code.
+ZenML hashes only the step function's source; a change inside samtune (a new conversion rule, a
+fixed training loop) must invalidate cached outputs too, so the key includes that code.
 """
 from __future__ import annotations
 
@@ -12,16 +12,29 @@ from zenml.config import CachePolicy
 
 import samtune
 
+_ROOT = Path(samtune.__file__).parent
 
-def samtune_data_code() -> str:
-    """sha256 of the config modules and every module under samtune/data (cache key part)."""
-    root = Path(samtune.__file__).parent
+
+def _code_hash(parts: list[str]) -> str:
     digest = hashlib.sha256()
-    config = [root / "config.py", root / "config_sections.py"]
-    for path in sorted([*config, *root.joinpath("data").rglob("*.py")]):
-        digest.update(path.relative_to(root).as_posix().encode())
+    files = sorted({p for part in parts for p in
+                    ([_ROOT / part] if part.endswith(".py") else _ROOT.joinpath(part).rglob("*.py"))})
+    for path in files:
+        digest.update(path.relative_to(_ROOT).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
+def samtune_data_code() -> str:
+    """sha256 of the config modules and samtune/data (the prepare steps' code)."""
+    return _code_hash(["config.py", "config_sections.py", "data"])
+
+
+def samtune_model_code() -> str:
+    """sha256 of everything a training or evaluation result depends on."""
+    return _code_hash(["config.py", "config_sections.py", "data", "models", "train", "eval",
+                       "finetune.py"])
+
+
 DATA_CACHE = CachePolicy(cache_func=samtune_data_code)
+MODEL_CACHE = CachePolicy(cache_func=samtune_model_code)

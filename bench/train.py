@@ -1,0 +1,299 @@
+"""Benchmark: the frozen-encoder embedding cache, the fine-tuning methods, and instance cost.
+
+Synthetic slices (1–4 bright blobs on noise; grey PNGs + COCO RLE) read by `SliceDataset`, models
+from the registry (random weights), training through the real loop (`samtune.train.loop.train`,
+val off); epoch times are the loop's own `samples_per_s`.
+
+  (a) cache: one frozen-encoder model (method `frozen`), the same slices: epoch time without
+      the cache vs with it. The cache build (encode + write every slice) is timed apart from the
+      cached epochs; steady state = the median epoch after the first. ratio = uncached / cached.
+  (b) methods: full, frozen, frozen + cache, LoRA (samtune.models.adapters.apply_method), each in
+      a fresh subprocess: trainable parameters, samples/s (second epoch), peak RSS of that
+      process (VmHWM; on CUDA also the peak allocated GPU memory).
+  (c) instance cost: encode 1 image vs decode N box prompts with one embedding (N = 1…16),
+      forward (no_grad, + upscale) and training (+ Dice/CE loss + backward); the least-squares
+      slope over N (one more instance) ÷ encoder time. Ends with one JSON line.
+Usage: python bench/train.py [--quick] [--device auto|cpu|cuda] [--models a,b] [--amp bf16]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+logger = logging.getLogger("bench.train")
+METHODS = ("full", "frozen", "frozen_cached", "lora")
+
+
+def write_slices(split_dir: Path, n: int, size: int, seed: int = 0) -> Path:
+    """n synthetic size×size grey slices with 1–4 elliptic blobs each, as an export split."""
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    rng = np.random.default_rng(seed)
+    (split_dir / "images").mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[:size, :size]
+    images, anns = [], []
+    for i in range(n):
+        pixels = rng.normal(40, 15, (size, size))
+        for _ in range(int(rng.integers(1, 5))):
+            cy, cx = rng.uniform(0.15, 0.85, 2) * size
+            ry, rx = rng.uniform(0.03, 0.12, 2) * size
+            blob = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+            pixels[blob] = rng.uniform(150, 230)
+            rle = mask_utils.encode(np.asfortranarray(blob.astype(np.uint8)))
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "iscrowd": 0,
+                         "category_id": int(rng.integers(1, 3)), "area": int(blob.sum()),
+                         "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}})
+        name = f"synthetic_{i:04d}.png"
+        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(split_dir / "images" / name,
+                                                                   compress_level=1)
+        images.append({"id": i + 1, "file_name": name, "width": size, "height": size,
+                       "case_id": f"case{i // 4}", "slice_index": i})
+    (split_dir / "annotations.json").write_text(json.dumps(
+        {"images": images, "annotations": anns,
+         "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}))
+    (split_dir.parent / "dataset.json").write_text(json.dumps({"fingerprint": f"bench{size}"}))
+    return split_dir
+
+
+def build(name: str, method: str):
+    from samtune.config import ModelConfig
+    from samtune.models.adapters import apply_method, parameter_report
+    from samtune.models.registry import build_model
+
+    cfg = ModelConfig(name=name, method="frozen" if method == "frozen_cached" else method)
+    model = apply_method(build_model(cfg), cfg)
+    return model, parameter_report(model)
+
+
+LOOP = {"num_workers": 0, "amp": "none"}  # set from the command line in main()
+
+
+def run_loop(model, data, epochs: int, batch_size: int, device: str, out: Path) -> list[dict]:
+    """The real loop, val off; → its per-epoch metrics (samples_per_s, peak_memory_mb, …)."""
+    from samtune.config import TrainConfig
+    from samtune.train.loop import train
+
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, device=device, grad_clip=1.0,
+                      optimizer_kwargs={"lr": 1e-5}, **LOOP)
+    return train(model, data, None, cfg, out).history
+
+
+def item_ms(data, n: int) -> float:
+    """Mean milliseconds to load one item."""
+    t0 = time.perf_counter()
+    [data[i] for i in range(n)]
+    return round((time.perf_counter() - t0) / n * 1000, 2)
+
+
+def epoch_times(history: list[dict], n: int) -> list[float]:
+    return [round(n / h["samples_per_s"], 3) for h in history]
+
+
+def steady(times: list[float]) -> float:
+    """Median epoch time after the first (the first carries the warm-up)."""
+    return statistics.median(times[1:] if len(times) > 1 else times)
+
+
+def bench_cache(name: str, n: int, epochs: tuple[int, int], batch: int, device: str,
+                tmp: Path) -> dict:
+    from samtune.train.data import SliceDataset
+    from samtune.train.embedding_cache import cache_embeddings
+
+    model, report = build(name, "frozen")
+    data = SliceDataset(write_slices(tmp / f"cache_{name}" / "train", n, model.img_size),
+                        model.img_size)
+    plain = run_loop(model, data, epochs[0], batch, device, tmp / "ckpt_plain")
+    t0 = time.perf_counter()
+    cached_data = cache_embeddings(data, model, tmp / "emb", batch_size=batch, device=device)
+    build_s = time.perf_counter() - t0
+    cached = epoch_times(run_loop(model, cached_data, epochs[1], batch, device,
+                                  tmp / "ckpt_cached"), n)
+    plain = epoch_times(plain, n)
+    off, on = steady(plain), steady(cached)
+    files = list((tmp / "emb").rglob("*.pt"))
+    res = {"img_size": model.img_size, "slices": n, "batch_size": batch,
+           "uncached_epoch_s": plain, "cache_build_s": round(build_s, 3), "cached_epoch_s": cached,
+           "uncached_steady_s": off, "cached_steady_s": on,
+           "ratio": round(off / on, 2), "item_ms": item_ms(data, n),
+           "cached_item_ms": item_ms(cached_data, n), "cache_mb_per_slice": round(
+               sum(f.stat().st_size for f in files) / max(len(files), 1) / 2**20, 3),
+           "trainable_params": report["trainable"]}
+    logger.info("(a) %s: %s", name, res)
+    return res
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS: VmHWM, which starts afresh at exec (ru_maxrss would carry the
+    parent's peak over fork + exec on Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def child_method(args: argparse.Namespace) -> dict:
+    """One method in this (fresh) process → its figures."""
+    from samtune.train.data import SliceDataset
+    from samtune.train.embedding_cache import cache_embeddings
+
+    try:
+        model, report = build(args.models, args.child)
+    except (ImportError, RuntimeError, ValueError) as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    n = args.batch * args.steps
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as t:
+        data = SliceDataset(write_slices(Path(t) / "train", n, model.img_size), model.img_size)
+        if args.child == "frozen_cached":
+            data = cache_embeddings(data, model, Path(t) / "emb", batch_size=args.batch,
+                                    device=args.device)
+        hist = run_loop(model, data, 2, args.batch, args.device, Path(t) / "ckpt")
+    res = {"trainable_params": report["trainable"], "total_params": report["total"],
+           "samples_per_s": round(hist[-1]["samples_per_s"], 3),
+           "peak_rss_mb": peak_rss_mb()}
+    if torch.cuda.is_available() and args.device != "cpu":
+        res["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return res
+
+
+def bench_methods(name: str, steps: int, batch: int, device: str) -> dict:
+    out = {}
+    for method in METHODS:
+        cmd = [sys.executable, __file__, "--child", method, "--models", name, "--steps",
+               str(steps), "--batch", str(batch), "--device", device, "--amp", LOOP["amp"],
+               "--num-workers", str(LOOP["num_workers"])]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+        lines = proc.stdout.strip().splitlines()
+        try:
+            out[method] = json.loads(lines[-1])
+        except (IndexError, json.JSONDecodeError):
+            out[method] = {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
+        logger.info("(b) %s %s: %s", name, method, out[method])
+    return out
+
+
+def timed(fn, reps: int, device: torch.device) -> float:
+    """Median seconds of fn() over reps runs, after one warm-up."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    fn()
+    times = []
+    for _ in range(reps):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_instances(name: str, reps: int, device: torch.device,
+                    counts: tuple[int, ...] = (1, 2, 4, 8, 16)) -> dict:
+    from samtune.models.base import Prompts
+    from samtune.train.losses import sam_loss
+
+    model, _ = build(name, "frozen")
+    model.to(device)
+    s = model.img_size
+    gen = torch.Generator().manual_seed(0)
+    image = model.normalize(torch.rand(1, 3, s, s, generator=gen).to(device) * 255)
+    with torch.no_grad():
+        enc_s = timed(lambda: model.encode(image), reps, device)
+        emb = model.encode(image)
+    fwd, train = [], []
+    for n in counts:
+        xy = torch.rand(n, 2, generator=gen) * s * 0.7
+        boxes = torch.cat([xy, xy + s * 0.2], 1).to(device)
+        target = torch.zeros(n, s, s, dtype=torch.bool, device=device)
+        target[:, s // 4: s // 2, s // 4: s // 2] = True
+
+        def forward():
+            with torch.no_grad():
+                return model.upscale(model.decode(emb, 0, Prompts(boxes=boxes))[0])
+
+        def step():
+            low, iou = model.decode(emb, 0, Prompts(boxes=boxes))
+            sam_loss(model.upscale(low), iou, target).total.backward()
+
+        fwd.append(timed(forward, reps, device))
+        train.append(timed(step, reps, device))
+    slope_f, slope_t = (float(np.polyfit(counts, t, 1)[0]) for t in (fwd, train))
+    res = {"img_size": s, "encode_s": round(enc_s, 5),
+           "decode_fwd_s": dict(zip(map(str, counts), (round(t, 5) for t in fwd))),
+           "decode_train_s": dict(zip(map(str, counts), (round(t, 5) for t in train))),
+           "marginal_fwd_s": round(slope_f, 5), "marginal_train_s": round(slope_t, 5),
+           "marginal_fwd_over_encode": round(slope_f / enc_s, 4),
+           "marginal_train_over_encode": round(slope_t / enc_s, 4)}
+    logger.info("(c) %s: %s", name, res)
+    return res
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="sam_tiny,sam_vit_b", help="comma-separated zoo names")
+    p.add_argument("--method-models", default=None, help="models for (b); default: --models")
+    p.add_argument("--slices", type=int, default=8, help="slices for (a), small models")
+    p.add_argument("--slices-large", type=int, help="(a) at 1024 px; default 4 (CPU), 8 (CUDA)")
+    p.add_argument("--epochs", type=int, nargs=2, default=(2, 3), metavar=("UNCACHED", "CACHED"))
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--steps", type=int, default=4, help="steps per epoch in (b), small models")
+    p.add_argument("--reps", type=int, default=3, help="timed repetitions in (c)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--amp", default="none", choices=("none", "bf16"))
+    p.add_argument("--num-workers", type=int, default=0, help="train.num_workers (data loading)")
+    p.add_argument("--quick", action="store_true", help="smoke run: sam_tiny, few slices")
+    p.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    torch.set_num_threads(os.cpu_count() or 1)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    LOOP.update(num_workers=args.num_workers, amp=args.amp)
+    if args.child:
+        print(json.dumps(child_method(args)))
+        return
+    if args.quick:
+        args.models, args.slices, args.epochs, args.steps, args.reps = "sam_tiny", 4, (2, 2), 2, 1
+    models = [m for m in args.models.split(",") if m]
+    method_models = [m for m in (args.method_models if args.method_models is not None
+                                 else args.models).split(",") if m]
+    device = torch.device(args.device)
+    result = {"bench": "train", "device": args.device, "torch": torch.__version__,
+              "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+              "threads": torch.get_num_threads(), **LOOP, "cache": {}, "methods": {},
+              "instances": {}}
+    from samtune.models.registry import get_spec
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as t:
+        for name in models:
+            large = get_spec(name).img_size >= 1024
+            n = (args.slices_large or (8 if device.type == "cuda" else 4)) if large else args.slices
+            result["cache"][name] = bench_cache(name, n, tuple(args.epochs), args.batch,
+                                                args.device, Path(t) / name)
+            result["instances"][name] = bench_instances(name, args.reps, device)
+    for name in method_models:
+        large = get_spec(name).img_size >= 1024 and device.type == "cpu"
+        result["methods"][name] = bench_methods(name, 1 if large else args.steps,
+                                                1 if large else args.batch, args.device)
+    result["targets"] = {"cache_ratio_vit_b_min": 20, "marginal_instance_over_encode_max": 0.10}
+    print(json.dumps(result, separators=(",", ":")))
+
+
+if __name__ == "__main__":
+    main()

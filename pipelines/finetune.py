@@ -1,0 +1,24 @@
+"""`finetune`: prepare (cached) → train → evaluate on the test split → register in MLflow."""
+from __future__ import annotations
+
+from typing import Any
+
+from zenml import pipeline
+
+from pipelines.prepare import prepare_dataset
+from steps.evaluate_model import evaluate_model
+from steps.register_model import register_model
+from steps.train_model import train_model
+
+
+@pipeline
+def finetune(config: dict[str, Any]) -> None:
+    dataset = prepare_dataset(config)
+    tracker = config["stack"]["experiment_tracker"]
+    model = train_model.with_options(experiment_tracker=tracker)(
+        dataset, model=config["model"], train=config["train"], config=config,
+        output_dir=config["output_dir"])
+    metrics = evaluate_model.with_options(experiment_tracker=tracker)(
+        model, dataset, evaluation=config["eval"], output_dir=config["output_dir"])
+    register_model.with_options(experiment_tracker=tracker)(
+        model, metrics, dataset, registry=config["registry"], config=config)

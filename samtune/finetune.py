@@ -1,0 +1,124 @@
+"""Fine-tune a model on an exported dataset, and score a trained model: what the steps call.
+
+Usable from a notebook without a stack:
+
+    bundle = train_on_export(Path("outputs/demo/dataset"), cfg.model, cfg.train, Path("run1"))
+    report = evaluate_bundle(bundle, Path("outputs/demo/dataset"), cfg.eval)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+from torch.utils.data import Dataset
+
+from samtune.config import EvalConfig, ModelConfig, TrainConfig
+from samtune.eval.figures import qc_overlay, training_curves
+from samtune.eval.slice_eval import SliceReport, evaluate_slices
+from samtune.models.adapters import apply_method, parameter_report
+from samtune.models.bundle import ModelBundle
+from samtune.models.export import export_weights, has_lora
+from samtune.models.registry import build_model
+from samtune.train.data import SliceDataset, load_training_data
+from samtune.train.embedding_cache import cache_embeddings
+from samtune.train.loop import train
+from samtune.train.state import load_model_weights, load_state
+
+log = logging.getLogger(__name__)
+Callback = Callable[[str, dict[str, float], int], None]
+
+
+class TrainingError(RuntimeError):
+    """Training stopped without a usable model (e.g. a NaN loss); the message says why."""
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def train_on_export(dataset_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                    out_dir: Path, *, callback: Callback | None = None,
+                    dataset_fingerprint: str = "") -> ModelBundle:
+    """Build + adapt the model, train on `dataset_dir/{train,val}`, export the best weights.
+
+    Every configuration error (unknown model, bad LoRA targets, QLoRA on CPU, empty split, a
+    resume checkpoint of another config) is raised before the first training step.
+    """
+    out_dir = Path(out_dir)
+    model = apply_method(build_model(model_cfg), model_cfg)
+    params = parameter_report(model)
+    log.info("trainable parameters: %s of %s", f"{params['trainable']:,}", f"{params['total']:,}")
+    train_set, val_set = load_training_data(dataset_dir, model.img_size, train_cfg.normalization,
+                                            model)
+    normalization = train_set.normalization
+    cache_root = Path(train_cfg.cache_dir)
+    train_data = cache_embeddings(train_set, model, cache_root, enabled=train_cfg.embedding_cache)
+    val_data = (cache_embeddings(val_set, model, cache_root, enabled=train_cfg.embedding_cache)
+                if val_set is not None else None)
+    result = train(model, train_data, val_data, train_cfg, out_dir / "checkpoints",
+                   callback=callback, run_config={"model": model_cfg.model_dump(mode="json")})
+    if result.stopped == "nan":
+        raise TrainingError(result.message)
+    best = result.best_checkpoint or result.last_checkpoint
+    if best is not None:
+        load_model_weights(model, load_state(best)["model"])
+    kinds = ["full", "image_encoder"] + (["lora_adapter", "lora_merged"] if has_lora(model) else [])
+    files = export_weights(model, out_dir / "weights", kinds)
+    training_curves(result.history, out_dir / "curves.png")
+    summary = {"best_val_dice": result.best_val_dice, "epochs": result.epochs,
+               "steps": result.steps, "stopped": result.stopped,
+               "trainable_parameters": params["trainable"], "total_parameters": params["total"],
+               "method": model_cfg.method, "model_name": model_cfg.name,
+               "img_size": model.img_size}
+    info = {"model": model_cfg.model_dump(mode="json"), "train": train_cfg.model_dump(mode="json"),
+            "normalization": [list(normalization[0]), list(normalization[1])],
+            "parameters": params, "summary": summary, "history": result.history,
+            "dataset_fingerprint": dataset_fingerprint,
+            "exports": {k: Path(v).name for k, v in files.items()}}
+    (out_dir / "model.json").write_text(json.dumps(info, indent=1, default=str))
+    return ModelBundle(root=out_dir, fingerprint=_sha256(files["full"]), summary=summary)
+
+
+class _Splits(Dataset):
+    """Several SliceDatasets read as one (eval.split: all)."""
+
+    def __init__(self, parts: list[SliceDataset]):
+        self.parts = [p for p in parts if len(p)]
+        self.categories = parts[0].categories if parts else {}
+        self.normalization = parts[0].normalization if parts else None
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        for part in self.parts:
+            if index < len(part):
+                return part[index]
+            index -= len(part)
+        raise IndexError(index)
+
+
+def evaluate_bundle(bundle: ModelBundle, dataset_dir: Path, eval_cfg: EvalConfig, *,
+                    device: str = "auto", qc_dir: Path | None = None,
+                    qc_slices: int = 6) -> SliceReport:
+    """Slice-level Dice / IoU with GT-box prompts on `eval_cfg.split`, beside the box-fill
+    baseline; QC overlays of the first `qc_slices` slices go to `qc_dir` when given."""
+    info = json.loads((bundle.root / "model.json").read_text())
+    model = build_model(bundle.model_config())
+    stats = tuple(tuple(v) for v in info["normalization"])
+    splits = ["train", "val", "test"] if eval_cfg.split == "all" else [eval_cfg.split]
+    parts = [SliceDataset(Path(dataset_dir) / s, model.img_size, normalization_stats=stats)
+             for s in splits if (Path(dataset_dir) / s / "annotations.json").is_file()]
+    dataset = _Splits(parts)
+    if len(dataset) == 0:
+        raise ValueError(f"{dataset_dir}: no slices in split(s) {splits} to evaluate")
+    report = evaluate_slices(model, dataset, batch_size=eval_cfg.batch_size, device=device,
+                             qc_slices=qc_slices if qc_dir else 0)
+    for i, qc in enumerate(report.qc):
+        qc_overlay(qc["image"], qc["gt_masks"], {"boxes": qc["boxes"]}, qc["pred_masks"],
+                   Path(qc_dir) / f"qc_{i:02d}_{qc['case_id']}_{qc['image_id']}.png")
+    return report

@@ -1,0 +1,192 @@
+"""The pieces of one training step and of validation, used by `samtune.train.loop.train`.
+
+Batches (from `samtune.train.data.collate`) are dicts with `images` B×3×S×S (0–255), `masks`
+(B tensors K_b×S×S bool), `labels`, `image_ids` and optionally `embeddings` (frozen-encoder
+cache). Prompts are made on the CPU from the masks with the loop's torch.Generator, so a run
+draws the same prompts on any device.
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from itertools import islice
+from typing import Any, Callable, ContextManager, Iterable, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from samtune.config import PromptConfig, TrainConfig
+from samtune.models.base import Embeddings, PromptableModel
+from samtune.models.prompts import make_prompts, select_best
+from samtune.train.data import collate, normalize
+from samtune.train.embedding_cache import encoder_is_frozen
+from samtune.train.losses import LossParts, sam_loss
+
+__all__ = ["batch_order", "count_batches", "epoch_batches", "make_normalizer", "autocast",
+           "embed", "predict_instances", "batch_loss", "dice_per_instance", "validate"]
+logger = logging.getLogger(__name__)
+
+Batch = dict[str, Any]
+
+
+# ------------------------------------------------------------------------------ data order
+def batch_order(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The slices of each batch of `epoch`: a permutation that is a pure function of (seed,
+    epoch), so a resumed run needs only the epoch and the batches done to continue exactly."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=gen).tolist()
+    return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def count_batches(data: Dataset | Iterable[Batch], batch_size: int) -> int:
+    if isinstance(data, Dataset):
+        return -(-len(data) // batch_size)  # type: ignore[arg-type]
+    return len(data)  # type: ignore[arg-type]
+
+
+def epoch_batches(data: Dataset | Iterable[Batch], batch_size: int, seed: int, epoch: int,
+                  skip: int = 0, shuffle: bool = True, num_workers: int = 0) -> Iterator[Batch]:
+    """Batches of one epoch from the `skip`-th on.
+
+    A map-style Dataset (items as `SliceDataset`'s) is batched here in `batch_order` (or in
+    index order without shuffle) with `collate`. Anything else is an iterable of ready batches
+    used as it is (its `set_epoch(epoch)` is called when it has one): it must give the same
+    batches for the same epoch for a resume to be exact; skipped batches are still loaded."""
+    if isinstance(data, Dataset):
+        n = len(data)  # type: ignore[arg-type]
+        order = batch_order(n, batch_size, seed, epoch) if shuffle else \
+            [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+        # Its own generator: creating the iterator then draws the workers' base seed from it,
+        # not from the global torch RNG (which dropout uses), and the same one every resume.
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 1)
+        loader = DataLoader(data, batch_sampler=order[skip:], collate_fn=collate,
+                            num_workers=num_workers, generator=gen)
+        return iter(loader)
+    if hasattr(data, "set_epoch"):
+        data.set_epoch(epoch)  # type: ignore[union-attr]
+    return islice(iter(data), skip, None)
+
+
+# ---------------------------------------------------------------------------- forward pass
+def make_normalizer(data: Any, model: PromptableModel) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The data's `normalization` (mean, std) if it carries one (`load_training_data`), else
+    the model's own pixel mean/std."""
+    for obj in (data, getattr(data, "dataset", None)):
+        stats = getattr(obj, "normalization", None)
+        if stats is not None:
+            mean, std = stats
+            return lambda images: normalize(images, mean, std)
+    return model.normalize
+
+
+def autocast(device: torch.device, amp: str) -> ContextManager:
+    if amp == "none":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def embed(model: PromptableModel, batch: Batch, norm: Callable[[torch.Tensor], torch.Tensor],
+          device: torch.device) -> Embeddings:
+    """Image embeddings of the batch: the cached ones when the batch has them and the encoder
+    is frozen, else `model.encode` once for the whole batch (under no_grad when frozen)."""
+    frozen = encoder_is_frozen(model)
+    dtype = next(model.parameters()).dtype
+    if "embeddings" in batch:
+        if frozen:
+            return batch["embeddings"].to(device, dtype)
+        logger.debug("batch carries cached embeddings but the encoder trains; encoding")
+    images = norm(batch["images"].to(device, dtype))
+    if frozen:
+        with torch.no_grad():
+            return model.encode(images)
+    return model.encode(images)
+
+
+def predict_instances(model: PromptableModel, emb: Embeddings, batch: Batch, cfg: PromptConfig,
+                      generator: torch.Generator, device: torch.device, *,
+                      max_instances: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Prompt every image's instances (at most `max_instances`, a random subset drawn from
+    `generator`) and decode: → logits N×M×S×S, IoU N×M, targets N×S×S bool (N = all instances
+    of the batch, pooled; 0 when no image has one)."""
+    logits, ious, targets = [], [], []
+    for b, masks in enumerate(batch["masks"]):
+        masks = masks.bool().cpu()
+        if len(masks) == 0:
+            continue
+        if max_instances is not None and len(masks) > max_instances:
+            keep = torch.randperm(len(masks), generator=generator)[:max_instances].sort().values
+            masks = masks[keep]
+        prompts = make_prompts(masks, cfg, generator)
+        if cfg.mask_prompt:  # a first pass without mask input; its logits prompt the second
+            with torch.no_grad():
+                low, iou = model.decode(emb, b, _to(prompts, device), cfg.multimask)
+            prev = select_best(low, iou)[0] if cfg.multimask else low
+            prompts = make_prompts(masks, cfg, generator, prev_logits=prev.float().cpu())
+        low, iou = model.decode(emb, b, _to(prompts, device), cfg.multimask)
+        logits.append(model.upscale(low))
+        ious.append(iou)
+        targets.append(masks.to(device))
+    if not logits:
+        size = batch["images"].shape[-1]
+        m = 3 if cfg.multimask else 1
+        return (torch.zeros(0, m, size, size, device=device), torch.zeros(0, m, device=device),
+                torch.zeros(0, size, size, dtype=torch.bool, device=device))
+    return torch.cat(logits), torch.cat(ious), torch.cat(targets)
+
+
+def _to(prompts: Any, device: torch.device) -> Any:
+    for name in ("boxes", "points", "point_labels", "mask_inputs"):
+        t = getattr(prompts, name)
+        if t is not None:
+            setattr(prompts, name, t.to(device))
+    return prompts
+
+
+def batch_loss(model: PromptableModel, batch: Batch, cfg: TrainConfig,
+               norm: Callable[[torch.Tensor], torch.Tensor], generator: torch.Generator,
+               device: torch.device) -> tuple[LossParts | None, int]:
+    """Forward one (micro-)batch → (loss parts or None when it has no instance, instances)."""
+    with autocast(device, cfg.amp):
+        emb = embed(model, batch, norm, device)
+        logits, iou, target = predict_instances(model, emb, batch, cfg.prompts, generator,
+                                                device, max_instances=cfg.prompts.max_instances)
+    if len(target) == 0:
+        return None, 0
+    parts = sam_loss(logits.float(), iou.float(), target, kind=cfg.loss,
+                     seg_weight=cfg.seg_loss_weight, iou_weight=cfg.iou_loss_weight)
+    return parts, len(target)
+
+
+# ------------------------------------------------------------------------------ validation
+def dice_per_instance(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """N×S×S logits (> 0 is foreground) vs N×S×S bool → N Dice values; both empty → 1."""
+    pred = logits > 0
+    inter = (pred & target).sum(dim=(-2, -1)).float()
+    total = (pred.sum(dim=(-2, -1)) + target.sum(dim=(-2, -1))).float()
+    return torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
+
+
+@torch.no_grad()
+def validate(model: PromptableModel, data: Dataset | Iterable[Batch], cfg: TrainConfig,
+             norm: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> float:
+    """Mean Dice over every instance of `data` with tight ground-truth box prompts (no jitter,
+    no points; the best of M by predicted IoU when multimask). Slices without instances do not
+    count (they have nothing to prompt). NaN when `data` has no instance."""
+    box_only = PromptConfig(box=True, bbox_shift=0, multimask=cfg.prompts.multimask)
+    generator = torch.Generator().manual_seed(0)  # boxes without jitter draw nothing random
+    was_training = model.training
+    model.eval()
+    dices = []
+    try:
+        for batch in epoch_batches(data, cfg.batch_size, cfg.seed, 0, shuffle=False,
+                                   num_workers=cfg.num_workers):
+            with autocast(device, cfg.amp):
+                emb = embed(model, batch, norm, device)
+                logits, iou, target = predict_instances(model, emb, batch, box_only, generator,
+                                                        device, max_instances=None)
+            if len(target):
+                best = select_best(logits, iou)[0] if logits.shape[1] > 1 else logits
+                dices.append(dice_per_instance(best[:, 0].float(), target).cpu())
+    finally:
+        model.train(was_training)
+    return float(torch.cat(dices).mean()) if dices else float("nan")
