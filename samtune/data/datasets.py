@@ -11,11 +11,26 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from samtune.data.cases import DataError
+
 
 def fingerprint_of(*parts: Any) -> str:
     """sha256 of the JSON form of `parts` (dicts sorted), for content identity."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()
+
+
+def read_coco_json(path: Path) -> dict[str, Any]:
+    """A COCO annotations file as a dict with an 'images' list; DataError naming the file else."""
+    if not path.is_file():
+        raise DataError(path, "annotations file not found (is this a COCO / export split folder?)")
+    try:
+        coco = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(path, f"malformed annotations.json: {exc}") from None
+    if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
+        raise DataError(path, "malformed annotations.json: no 'images' list")
+    return coco
 
 
 @dataclass

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from samtune.data.cases import Case, DataError
+from samtune.data.datasets import read_coco_json
 from samtune.data.split import INFER, SPLITS, split_summary
 
 log = logging.getLogger(__name__)
@@ -35,14 +36,7 @@ MARKER = "dataset.json"  # written last; a folder without it is not a finished e
 
 def _load_coco(coco_dir: Path) -> dict[str, Any]:
     path = coco_dir / "annotations.json"
-    if not path.is_file():
-        raise DataError(path, "COCO annotations file not found")
-    try:
-        coco = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(path, f"cannot read COCO annotations: {exc}") from None
-    if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
-        raise DataError(path, "not a COCO file: no 'images' list")
+    coco = read_coco_json(path)
     coco.setdefault("annotations", [])
     coco.setdefault("categories", [])
     for key in ("images", "annotations"):

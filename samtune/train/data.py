@@ -33,6 +33,7 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader, Dataset
 
 from samtune.data.cases import DataError
+from samtune.data.datasets import read_coco_json
 from samtune.models.base import Embeddings, PromptableModel
 
 __all__ = ["SliceDataset", "collate", "make_loader", "dataset_normalization",
@@ -135,14 +136,7 @@ def _triples(stats: tuple | dict | None, where: Path) -> tuple[Triple, Triple] |
 def _read_annotations(path: Path) -> tuple[list[dict], list[list[dict]], dict[int, str]]:
     """annotations.json → image records sorted by id, per record its annotations (by id), and
     category id → name."""
-    if not path.is_file():
-        raise DataError(path, "annotations file not found (is this an export split folder?)")
-    try:
-        coco = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(path, f"malformed annotations.json: {exc}") from None
-    if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
-        raise DataError(path, "malformed annotations.json: no 'images' list")
+    coco = read_coco_json(path)
     anns = coco.get("annotations", [])
     if not isinstance(anns, list):
         raise DataError(path, "malformed annotations.json: 'annotations' is not a list")

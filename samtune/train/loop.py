@@ -7,11 +7,20 @@ validation Dice, early stopping, checkpoints, callback.
 Checkpoints in `out_dir`: `last.pt` (written when training starts, at every epoch end and when
 it stops at max_steps), `best.pt` (best val Dice), `epoch_NNNN.pt` (every `checkpoint_every`
 epochs); see `samtune.train.state` for their contents. A resumed run continues exactly where the
-checkpoint left off: same data order, same prompts, same weights as a run never interrupted.
+checkpoint left off: same data order (a pure function of seed and epoch, `step.batch_order`),
+same prompts (the prompt generator's state is in the checkpoint), same dropout (global RNGs
+too), so on the CPU the same weights, bit for bit, as a run never interrupted. On CUDA the RNG
+states are restored as well, but cuDNN/cuBLAS kernels may not be deterministic.
 
 Gradient accumulation: each micro-batch's loss is its instances' mean, divided by the window's
 micro-batch count; so `grad_accum=2, batch_size=b` equals `batch_size=2b` up to rounding when the
-two halves hold as many instances, and weights the halves' instances unequally otherwise.
+two halves hold as many instances, and weights the halves' instances unequally otherwise. An
+accumulation window without any instance (empty slices only) skips the optimizer update but
+still counts as a step (the schedule stays a function of the data position).
+
+NaN/Inf: a non-finite loss (or gradient norm, without a GradScaler) stops the run with
+`stopped="nan"` and a message naming the step, epoch and batch; nothing is saved after it, and
+weights are checked finite before every save, so `last.pt` always holds the last good state.
 """
 from __future__ import annotations
 
@@ -97,7 +106,8 @@ def train(model: PromptableModel, train_data: Dataset | Iterable[dict[str, Any]]
                                 cfg.epochs * steps_per_epoch - cfg.warmup_steps)
     schedule = LRSchedule(optimizer, scheduler, cfg.warmup_steps)
     if schedule.on_plateau and val_data is None:
-        raise ValueError("scheduler ReduceLROnPlateau steps on the val Dice, but there is no val data")
+        raise ValueError("scheduler ReduceLROnPlateau steps on the val Dice, but there is no "
+                         "val data")
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     norm = make_normalizer(train_data, model)
     val_norm = make_normalizer(val_data, model) if val_data is not None else norm
@@ -123,7 +133,8 @@ def train(model: PromptableModel, train_data: Dataset | Iterable[dict[str, Any]]
     best = out_dir / "best.pt" if loaded is not None and (out_dir / "best.pt").is_file() else None
     if loaded is None:
         if last.is_file():
-            logger.warning("%s exists and is replaced: pass resume=%s to continue that run", last, last)
+            logger.warning("%s exists and is replaced (resume=%s would continue that run)",
+                           last, last)
         save("last.pt")
     stopped, message = "completed", ""
     try:
@@ -148,8 +159,9 @@ def train(model: PromptableModel, train_data: Dataset | Iterable[dict[str, Any]]
                                    f"last good checkpoint {last}")
                         break
                     scaler.scale(parts.total / window).backward()
-                    for key, value in (("loss", parts.total), ("seg", parts.seg), ("iou", parts.iou)):
-                        sums[key] += value.item()
+                    sums["loss"] += parts.total.item()
+                    sums["seg"] += parts.seg.item()
+                    sums["iou"] += parts.iou.item()
                     sums["batches"] += 1
                     window_losses += 1
                 if (i + 1) % cfg.grad_accum and i + 1 < n_batches:
@@ -194,10 +206,9 @@ def train(model: PromptableModel, train_data: Dataset | Iterable[dict[str, Any]]
                     metrics["val_dice"] = run["last_val_dice"] = dice
                     schedule.validated(dice)
                     improved = dice > run["best_metric"] + cfg.min_delta
+                    run["bad_validations"] = 0 if improved else run["bad_validations"] + 1
                     if improved:
-                        run["best_metric"], run["best_epoch"], run["bad_validations"] = dice, epoch, 0
-                    else:
-                        run["bad_validations"] += 1
+                        run["best_metric"], run["best_epoch"] = dice, epoch
                 run["history"].append({"epoch": float(epoch + 1), **metrics})
                 run["epoch"], run["batch_in_epoch"] = epoch + 1, 0
                 run["epoch_sums"] = _zero_sums()
@@ -218,7 +229,8 @@ def train(model: PromptableModel, train_data: Dataset | Iterable[dict[str, Any]]
                     stopped = "early_stopping"
                     message = (f"no val Dice gain > {cfg.min_delta} in {cfg.patience} validations"
                                f"; best {run['best_metric']:.4f} at epoch {run['best_epoch'] + 1}")
-            if cfg.max_steps is not None and run["step"] >= cfg.max_steps and stopped == "completed":
+            at_max_steps = cfg.max_steps is not None and run["step"] >= cfg.max_steps
+            if at_max_steps and stopped == "completed":
                 if not epoch_done:
                     if not _finite(model):
                         stopped, message = "nan", f"non-finite weights at step {run['step']}"

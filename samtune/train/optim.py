@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule from config names (`torch.optim`, `torch.optim.lr_scheduler`).
+"""Optimizer and learning-rate schedule by name (`torch.optim`, `torch.optim.lr_scheduler`).
 
     train:
       optimizer: AdamW
@@ -73,7 +73,8 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], name: str,
     try:
         return cls(trainable, **kwargs)
     except TypeError as exc:
-        raise ValueError(f"optimizer {cls.__name__}: bad optimizer_kwargs {kwargs}: {exc}") from None
+        raise ValueError(f"optimizer {cls.__name__}: bad optimizer_kwargs {kwargs}: {exc}"
+                         ) from None
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, name: str | None, kwargs: dict[str, Any],

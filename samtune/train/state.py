@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1
 # Train settings that may change when a run is resumed (length, resources, bookkeeping): they are
 # kept in the checkpoint's config but left out of its hash.
-UNHASHED_TRAIN_KEYS = ("epochs", "max_steps", "resume", "num_workers", "device",
+UNHASHED_TRAIN_KEYS = ("epochs", "max_steps", "resume", "num_workers", "device", "cache_dir",
                        "checkpoint_every", "qc_every")
 
 
@@ -84,7 +84,7 @@ def rng_state(generators: Mapping[str, torch.Generator] | None = None) -> dict[s
         "numpy": {"kind": kind, "keys": torch.from_numpy(np_keys.astype(np.int64)),
                   "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
         "generators": {k: g.get_state() for k, g in (generators or {}).items()},
     }
     return state

@@ -216,7 +216,7 @@ def test_bad_inputs_name_the_file(coco_dir, tmp_path):
         export_splits(coco_dir, ASSIGN, out, fingerprint="f", method="m", stats_fn=StubStats())
     assert str(coco_dir / "annotations.json") in str(e.value)
     (coco_dir / "annotations.json").write_text("{broken")
-    with pytest.raises(DataError, match="cannot read COCO annotations"):
+    with pytest.raises(DataError, match="malformed annotations.json"):
         export_splits(coco_dir, ASSIGN, out, fingerprint="f", method="m", stats_fn=StubStats())
     assert not out.exists() and siblings(out) == []
 

@@ -60,7 +60,7 @@ def test_model_registered_with_tags_and_linked_to_zenml(run) -> None:
         "print(json.dumps(v.tags))\n"
         "from zenml.client import Client\n"
         "mv = Client().get_model_version('ft-test')\n"
-        "print('ZENML', mv.name, sorted(mv.run_metadata))\n")
+        "print('ZENML', mv.model.name, sorted(mv.run_metadata))\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ZENML_", "MLFLOW_"))}
     env.update(HOME=str(tmp / "home"), ZENML_CONFIG_PATH=str(tmp / "state" / "zenml"),
                ZENML_ANALYTICS_OPT_IN="false", MLFLOW_DISABLE_TELEMETRY="true")

@@ -14,7 +14,7 @@ from samtune.models.base import PromptableModel
 from samtune.models.registry import build_model
 from samtune.train.data import collate
 from samtune.train.loop import train
-from samtune.train.state import load_state, model_weights
+from samtune.train.state import load_model_weights, load_state, model_weights
 from samtune.train.step import batch_order, dice_per_instance
 
 SIZE = 64
@@ -145,10 +145,18 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> No
 def test_huge_lr_stops_with_finite_last_checkpoint(tmp_path: Path) -> None:
     cfg = tiny_cfg(epochs=3, grad_clip=None, optimizer="SGD", optimizer_kwargs={"lr": 1e10})
     result = train(tiny_model(), Blobs(8, instances=1), None, cfg, tmp_path)
-    assert result.stopped == "nan" and "stopped" in result.message
+    # step 1 blows the weights up, step 2's loss is NaN; last.pt is the one written at the start
+    assert result.stopped == "nan" and result.steps == 1
+    assert result.message.startswith("loss is nan at step 2 (epoch 1, batch 2); stopped")
     state = load_state(result.last_checkpoint)
     assert all(torch.isfinite(v).all() for v in state["model"].values())
-    assert state["step"] <= result.steps
+    assert state["step"] == 0 and weights_equal(tiny_model(), _rebuilt(state))
+
+
+def _rebuilt(state: dict[str, Any]) -> PromptableModel:
+    model = tiny_model(seed=1)
+    load_model_weights(model, state["model"])
+    return model
 
 
 def _one_step(data: Dataset, batch_size: int, grad_accum: int, tmp: Path) -> PromptableModel:

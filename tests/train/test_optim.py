@@ -90,7 +90,8 @@ def test_constant_and_cosine_fill_their_length() -> None:
 
 def test_plateau_steps_on_validation_only() -> None:
     opt = build_optimizer(_params(), "SGD", {"lr": 1.0})
-    schedule = LRSchedule(opt, build_scheduler(opt, "ReduceLROnPlateau", {"patience": 1, "factor": 0.5}, 10), 0)
+    plateau = build_scheduler(opt, "ReduceLROnPlateau", {"patience": 1, "factor": 0.5}, 10)
+    schedule = LRSchedule(opt, plateau, 0)
     assert _lrs_by_step(schedule, 3) == [1.0, 1.0, 1.0]  # per-step calls leave it alone
     for dice in (0.5, 0.5, 0.5):  # best, then two without gain: patience 1 → halve once
         schedule.validated(dice)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from samtune.config import PromptConfig
+from samtune.config import LoraConfig, ModelConfig, PromptConfig
+from samtune.models.adapters import apply_method
 from samtune.train import state as ckpt
 from samtune.train.loop import train
 from tests.train.test_loop import Blobs, tiny_cfg, tiny_model, weights_equal
@@ -33,22 +34,34 @@ def _comparable(history: list[dict[str, float]]) -> list[dict[str, float]]:
             for h in history]
 
 
-@pytest.mark.parametrize("grad_accum, stop_at", [(1, 4), (2, 4)])
-def test_resume_is_exact(tmp_path: Path, grad_accum: int, stop_at: int) -> None:
+def _model(method: str, seed: int = 0) -> torch.nn.Module:
+    model = tiny_model(seed)
+    if method == "lora":  # LoRA dropout draws from the global torch RNG at every step
+        cfg = ModelConfig(name="sam_tiny", method="lora",
+                          lora=LoraConfig(r=4, dropout=0.2, targets=["encoder_qkv", "decoder_mlp"]))
+        model = apply_method(model, cfg)
+    return model
+
+
+@pytest.mark.parametrize("grad_accum, stop_at, method", [(1, 4, "full"), (2, 4, "full"),
+                                                         (1, 5, "lora")])
+def test_resume_is_exact(tmp_path: Path, grad_accum: int, stop_at: int, method: str) -> None:
     # 9 slices / batch 3 = 3 micro-batches per epoch. accum 1: 3 steps per epoch, stop at step 4
     # is mid-epoch 2. accum 2: 2 steps per epoch (2 + 1 micro-batches), step 4 ends epoch 2.
     cfg = tiny_cfg(grad_accum=grad_accum, **RESUME_CFG)
     train_data, val_data = _data()
-    full = tiny_model()
+    full = _model(method)
     whole = train(full, train_data, val_data, cfg, tmp_path / "whole")
 
-    first = tiny_model()
+    first = _model(method)
     part = train(first, train_data, val_data, cfg.model_copy(update={"max_steps": stop_at}),
                  tmp_path / "split")
     assert part.stopped == "max_steps" and part.steps == stop_at
     assert not weights_equal(first, full)
 
-    resumed_model = tiny_model(seed=123)  # any starting weights: the checkpoint replaces them
+    # Any starting weights for what trains (the checkpoint replaces them); frozen LoRA base
+    # weights come from the same build, as they would from the pretrained file.
+    resumed_model = _model(method, seed=123 if method == "full" else 0)
     resumed = train(resumed_model, train_data, val_data, cfg, tmp_path / "split",
                     resume=part.last_checkpoint)
     assert resumed.steps == whole.steps == 3 * (3 if grad_accum == 1 else 2)
@@ -57,6 +70,7 @@ def test_resume_is_exact(tmp_path: Path, grad_accum: int, stop_at: int) -> None:
     assert _comparable(resumed.history) == _comparable(whole.history)
     a, b = ckpt.load_state(whole.last_checkpoint), ckpt.load_state(resumed.last_checkpoint)
     assert torch.equal(a["rng"]["generators"]["prompts"], b["rng"]["generators"]["prompts"])
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
     assert a["optimizer"]["param_groups"][0]["lr"] == b["optimizer"]["param_groups"][0]["lr"]
 
 
@@ -82,7 +96,7 @@ def test_resume_with_another_config_is_refused_before_anything_changes(tmp_path:
     assert _snapshot(tmp_path) == before
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
     # A longer run (epochs, max_steps, workers are not hashed) may resume; another model may not.
-    longer = tiny_cfg(epochs=2, num_workers=0, max_steps=100)
+    longer = tiny_cfg(epochs=2, num_workers=0, max_steps=100, cache_dir=tmp_path / "elsewhere")
     assert ckpt.config_hash({"train": longer.model_dump(mode="json")}) == old_hash
     with pytest.raises(ckpt.ConfigMismatchError, match="differing keys: model"):
         train(tiny_model(), train_data, None, cfg, tmp_path, resume=run.last_checkpoint,
