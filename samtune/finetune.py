@@ -7,7 +7,6 @@ Usable from a notebook without a stack:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -20,6 +19,7 @@ from samtune.eval.figures import qc_overlay, training_curves
 from samtune.eval.slice_eval import SliceReport, evaluate_slices
 from samtune.models.adapters import apply_method, parameter_report
 from samtune.models.bundle import ModelBundle
+from samtune.models.checkpoints import file_sha256
 from samtune.models.export import export_weights, has_lora
 from samtune.models.registry import build_model
 from samtune.train.data import SliceDataset, load_training_data
@@ -33,11 +33,6 @@ Callback = Callable[[str, dict[str, float], int], None]
 
 class TrainingError(RuntimeError):
     """Training stopped without a usable model (e.g. a NaN loss); the message says why."""
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def train_on_export(dataset_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig,
@@ -80,7 +75,7 @@ def train_on_export(dataset_dir: Path, model_cfg: ModelConfig, train_cfg: TrainC
             "dataset_fingerprint": dataset_fingerprint,
             "exports": {k: Path(v).name for k, v in files.items()}}
     (out_dir / "model.json").write_text(json.dumps(info, indent=1, default=str))
-    return ModelBundle(root=out_dir, fingerprint=_sha256(files["full"]), summary=summary)
+    return ModelBundle(root=out_dir, fingerprint=file_sha256(files["full"]), summary=summary)
 
 
 class _Splits(Dataset):

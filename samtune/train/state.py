@@ -24,8 +24,9 @@ import json
 import logging
 import os
 import random
+import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, BinaryIO, Callable, Mapping
 
 import numpy as np
 import torch
@@ -134,15 +135,15 @@ def load_model_weights(model: nn.Module, weights: Mapping[str, torch.Tensor]) ->
 
 
 # ----------------------------------------------------------------------------------- files
-def save_state(state: Mapping[str, Any], path: Path) -> Path:
-    """torch.save to a temporary file beside `path`, fsync, then os.replace: a reader sees the
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """`write` into a temporary file beside `path`, fsync, then os.replace: a reader sees the
     old file or the new one, never a torn write."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save(dict(state), f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -151,20 +152,18 @@ def save_state(state: Mapping[str, Any], path: Path) -> Path:
     return path
 
 
+def save_state(state: Mapping[str, Any], path: Path) -> Path:
+    """torch.save the checkpoint dict to `path` atomically."""
+    return _atomic_write(path, lambda f: torch.save(dict(state), f))
+
+
 def copy_state(src: Path, dst: Path) -> Path:
     """Atomic copy of a checkpoint file (best / every-N copies of last)."""
-    dst = Path(dst)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    try:
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            while chunk := fin.read(1 << 22):
-                fout.write(chunk)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dst
+    def copy(fout: BinaryIO) -> None:
+        with open(src, "rb") as fin:
+            shutil.copyfileobj(fin, fout, 1 << 22)
+
+    return _atomic_write(dst, copy)
 
 
 def load_state(path: Path, expected_config_hash: str | None = None,
