@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
 import sys
 from pathlib import Path
@@ -81,21 +80,13 @@ def _dry_run(cfg: Config, pipeline: str) -> None:
 
 
 def _report(run: object, output_dir: Path) -> None:
-    for name, step_run in getattr(run, "steps", {}).items():
+    from samtune.summary import run_summary
+
+    steps = getattr(run, "steps", {})
+    for name, step_run in steps.items():
         print(f"  {name:<18} {getattr(step_run.status, 'value', step_run.status)}")
-    summary = output_dir / "dataset" / "dataset.json"
-    if summary.exists():
-        counts = json.loads(summary.read_text()).get("splits", {})
-        sizes = ", ".join(f"{k} {v['images']} slices / {v['patients']} patients"
-                          for k, v in counts.items())
-        print(f"dataset: {output_dir / 'dataset'} ({sizes})")
-    print(f"validation report: {output_dir / 'reports' / 'validation.html'}")
-    evaluation = output_dir / "metrics" / "slice_eval.json"
-    if evaluation.exists() and "train_model" in getattr(run, "steps", {}):
-        m = json.loads(evaluation.read_text())["metrics"]
-        print(f"test Dice {m['instance_dice']:.4f} (IoU {m['instance_iou']:.4f}) vs box-fill "
-              f"baseline Dice {m['instance_baseline_dice']:.4f} (IoU "
-              f"{m['instance_baseline_iou']:.4f})")
+    for line in run_summary(output_dir, list(steps)):
+        print(line)
 
 
 def _check(cfg: Config) -> int:

@@ -25,7 +25,12 @@ PREPARE_PLAN = (
 FINETUNE_PLAN = PREPARE_PLAN + (
     ("train_model", ("model", "train", "output_dir")),
     ("evaluate_model", ("eval", "output_dir")),
+    ("evaluate_volumes", ("eval", "convert", "model", "output_dir")),
     ("register_model", ("registry",)),
+)
+
+EVALUATE_PLAN = PREPARE_PLAN + (
+    ("evaluate_volumes", ("eval", "convert", "model", "output_dir")),
 )
 
 PIPELINES: dict[str, PipelineSpec] = {
@@ -37,4 +42,9 @@ PIPELINES: dict[str, PipelineSpec] = {
         "pipelines.finetune",
         "prepare (cached) → train → evaluate on the test split → register in MLflow",
         FINETUNE_PLAN),
+    "evaluate": PipelineSpec(
+        "pipelines.evaluate",
+        "prepare (cached) → a model (eval.model_uri, or the model section: zoo name + "
+        "checkpoint) on whole volumes of eval.split → predictions, metrics, biomarkers, report",
+        EVALUATE_PLAN),
 }

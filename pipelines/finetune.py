@@ -1,4 +1,4 @@
-"""`finetune`: prepare (cached) → train → evaluate on the test split → register in MLflow."""
+"""`finetune`: prepare (cached) → train → evaluate (slices, then volumes) → register in MLflow."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,18 +7,23 @@ from zenml import pipeline
 
 from pipelines.prepare import prepare_dataset
 from steps.evaluate_model import evaluate_model
+from steps.evaluate_volumes import evaluate_volumes
 from steps.register_model import register_model
 from steps.train_model import train_model
 
 
 @pipeline
 def finetune(config: dict[str, Any]) -> None:
-    dataset = prepare_dataset(config)
+    dataset, cases = prepare_dataset(config)
     tracker = config["stack"]["experiment_tracker"]
     model = train_model.with_options(experiment_tracker=tracker)(
         dataset, model=config["model"], train=config["train"], config=config,
         output_dir=config["output_dir"])
     metrics = evaluate_model.with_options(experiment_tracker=tracker)(
         model, dataset, evaluation=config["eval"], output_dir=config["output_dir"])
+    volume_metrics = evaluate_volumes.with_options(experiment_tracker=tracker)(
+        dataset, cases, evaluation=config["eval"], convert=config["convert"],
+        model_config=config["model"], output_dir=config["output_dir"], model=model)
     register_model.with_options(experiment_tracker=tracker)(
-        model, metrics, dataset, registry=config["registry"], config=config)
+        model, metrics, dataset, registry=config["registry"], config=config,
+        volume_metrics=volume_metrics)

@@ -11,14 +11,16 @@ from steps.split_dataset import split_dataset
 from steps.validate_volumes import validate_volumes
 
 
-def prepare_dataset(config: dict[str, Any]) -> Any:
-    """The prepare steps, wired; `finetune` calls this too so both share one cache."""
+def prepare_dataset(config: dict[str, Any]) -> tuple[Any, Any]:
+    """The prepare steps, wired; other pipelines call this too so all share one cache.
+    Returns (split dataset, validated cases)."""
     cases = ingest_volumes(data=config["data"])
     valid, _, _ = validate_volumes(cases, rules=config["validate"],
                                    output_dir=config["output_dir"],
                                    workers=config["convert"]["workers"])
     coco = convert_to_coco(valid, convert=config["convert"])
-    return split_dataset(coco, valid, split=config["split"], output_dir=config["output_dir"])
+    dataset = split_dataset(coco, valid, split=config["split"], output_dir=config["output_dir"])
+    return dataset, valid
 
 
 @pipeline

@@ -141,6 +141,14 @@ class PromptConfig(Section):
     max_instances: int = Field(16, ge=1, description="instances per slice per step")
 
 
+class DistributedConfig(Section):
+    """Data-parallel training over `nproc` processes (torchrun); see samtune.train.ddp."""
+
+    nproc: int = Field(1, ge=1, description="processes (GPUs); 1: no distributed training")
+    backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="auto: nccl on CUDA")
+    master_port: int | None = Field(None, ge=1, le=65535, description="None: a free port")
+
+
 class TrainConfig(Section):
     epochs: int = Field(10, ge=1)
     max_steps: int | None = Field(None, ge=1)
@@ -170,17 +178,69 @@ class TrainConfig(Section):
     cache_dir: Path = Field(Path(".samtune/cache"), description="frozen-encoder embeddings")
     qc_every: int = Field(5, ge=1, description="epochs between QC overlay images")
     prompts: PromptConfig = Field(default_factory=PromptConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
 
 class EvalConfig(Section):
     split: Literal["train", "val", "test", "all"] = "test"
+    model_uri: str | None = Field(None, description="evaluate pipeline: None → the model section "
+                                  "(zoo name + checkpoint); a finetune output folder; or an "
+                                  "MLflow URI such as models:/name@champion")
+    mode: Literal["slices", "propagate"] = Field(
+        "slices", description="slices: GT prompts on every slice; propagate: the key slice's "
+        "GT boxes carried through the volume (SAM: slice to slice; SAM2: video predictor)")
     prompt: Literal["box", "points"] = "box"
+    points: int = Field(1, ge=1, description="positive points per instance (prompt: points)")
+    bbox_shift: int = Field(0, ge=0, description="evaluation box jitter, pixels")
+    multimask: bool = False
+    propagate_margin: int = Field(2, ge=0, description="pixels added to each propagated box")
     batch_size: int = Field(8, ge=1)
+    seed: int = 0
+    nsd_tolerance_mm: float | dict[str, float] = Field(1.0, description="NSD tolerance, mm; or "
+                                                       "per class name")
+    cldice_classes: list[str] | Literal["all"] = Field(default_factory=list,
+                                                       description="tubular classes for clDice")
+    biomarkers: dict[str, bool | dict[str, Any]] = Field(
+        default_factory=dict, description="name → true or params; samtune.eval.biomarkers")
+    slice_metrics: bool = True
+    save_predictions: bool = True
+    qc_cases: int = Field(3, ge=0, description="worst and best cases in the QC montage")
+
+    @field_validator("biomarkers")
+    @classmethod
+    def _known_biomarkers(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from samtune.eval.biomarkers import validate_selection
+
+        validate_selection(value)  # unknown name → ValueError listing the valid ones
+        return value
 
 
 class RegistryConfig(Section):
+    """Registration and evidence-based promotion (see samtune.promotion, samtune.registry_ops).
+
+    A challenger becomes champion when its mean per-volume Dice beats the champion's by at least
+    `min_improvement` AND the lower bound of the paired bootstrap CI of the mean difference is
+    > 0; with no champion yet, when its mean Dice is ≥ `floor`."""
+
     model_name: str = "samtune"
     enabled: bool = Field(True, description="register the trained model in MLflow")
+    min_improvement: float = Field(0.005, ge=0, le=1, description="least mean Dice gain (0-1)")
+    floor: float = Field(0.5, ge=0, le=1, description="least mean Dice of a first champion")
+    bootstrap_samples: int = Field(10000, ge=100, le=1_000_000)
+    confidence: float = Field(0.95, gt=0, lt=1, description="two-sided bootstrap CI level")
+    seed: int = Field(0, ge=0, description="bootstrap RNG seed")
+    rollback: bool = Field(False, description="roll the champion back to previous, no promotion")
+    champion_alias: str = Field("champion", min_length=1, max_length=255, pattern=r"^[\w\-]+$")
+    previous_alias: str = Field("previous", min_length=1, max_length=255, pattern=r"^[\w\-]+$")
+
+    @model_validator(mode="after")
+    def _usable_aliases(self) -> "RegistryConfig":
+        for alias in (self.champion_alias, self.previous_alias):
+            if alias.lower() == "latest" or (alias[0] in "vV" and alias[1:].isdigit()):
+                raise ValueError(f"alias '{alias}' is reserved by MLflow ('latest', 'v<number>')")
+        if self.champion_alias == self.previous_alias:
+            raise ValueError("champion_alias and previous_alias must differ")
+        return self
 
 
 class StackConfig(Section):

@@ -28,9 +28,10 @@ def _input_example(dataset: SplitDataset) -> dict[str, Any]:
 @step(enable_cache=False)
 def register_model(
     model: ModelBundle, metrics: dict[str, Any], dataset: SplitDataset,
-    registry: dict[str, Any], config: dict[str, Any],
+    registry: dict[str, Any], config: dict[str, Any], volume_metrics: dict[str, Any] | None = None,
 ) -> Annotated[dict[str, Any], "registered_model"]:
-    """Tags: dataset fingerprint, config hash, git commit, test metrics. Disabled → {}."""
+    """Tags: dataset fingerprint, config hash, git commit, test metrics (slice and volume).
+    Disabled → {}."""
     cfg = RegistryConfig.model_validate(registry)
     if not cfg.enabled:
         return {}
@@ -40,7 +41,8 @@ def register_model(
                              normalization=tuple(info["normalization"]))
     tags = {"dataset_fingerprint": dataset.fingerprint, "config_hash": tracking.config_hash(config),
             "git_commit": tracking.git_commit(Path(__file__).parent),
-            **{f"test_{k}": v for k, v in metrics["metrics"].items()}}
+            **{f"test_{k}": v for k, v in metrics["metrics"].items()},
+            **{f"test_{k}": v for k, v in (volume_metrics or {}).get("metrics", {}).items()}}
     version = tracking.register_model(uri, cfg.model_name, tags)
     result = {"name": cfg.model_name, "version": version, "model_uri": uri}
     log_metadata(metadata=result, infer_model=True)

@@ -35,12 +35,12 @@ from tqdm import tqdm
 
 from samtune.config import ConvertConfig
 from samtune.data.cases import Case, CaseCollection, DataError, Volume
-from samtune.data.intensity import (apply_intensity, channel_plan, compute_stats,
-                                    intensity_params, luma, resolve_window)
-from samtune.data.slicing import (CANONICAL_AXIS, nearest_indices, occupied, resize_geometry,
-                                  resize_images, slice_transform, to_canonical, view_stack)
+from samtune.data.intensity import compute_stats, resolve_window
+from samtune.data.render import SliceGrid
+from samtune.data.slicing import CANONICAL_AXIS, nearest_indices, occupied, to_canonical, view_stack
 
-__all__ = ["convert_collection", "convert_volume", "compute_stats", "write_png"]
+__all__ = ["convert_collection", "convert_volume", "compute_stats", "slice_annotations",
+           "write_png"]
 logger = logging.getLogger(__name__)
 
 CONNECTIVITY = 8
@@ -143,38 +143,18 @@ def convert_volume(vol: Volume, cfg: ConvertConfig, classes: list[int], images: 
     """Convert one loaded volume: write its PNGs into `images`; return {"case_id", "labelled",
     "images": [image record without id], "annotations": [[annotation without id/image_id] per
     image], "dropped": number of components under cfg.min_component_area}."""
-    case, image, label = vol.case, vol.image, vol.label
-    src = case.image_paths[0] if case.image_paths else case.case_id
-    if image.ndim != 4:
-        raise DataError(src, f"image of shape {image.shape}; expected C×I×J×K")
-    if label is not None and label.shape != image.shape[1:]:
-        raise DataError(case.label_path, f"label shape {label.shape} differs from the image's "
-                                         f"{image.shape[1:]}")
-    try:
-        plan = channel_plan(image.shape[0], case.modality, cfg)
-    except ValueError as exc:
-        raise DataError(src, str(exc)) from None
-    used = [0, 1, 2] if plan == [-1] else sorted(set(plan))
-    every = used == list(range(image.shape[0]))
-    params = intensity_params(image if every else image[used], case.modality, cfg)
-    canon, _, ornt = to_canonical(np.moveaxis(image, 0, -1), vol.affine)
-    views = view_stack(canon, CANONICAL_AXIS[cfg.axis])
-    n, h, w = views.shape[:3]
-    geom = resize_geometry(h, w, cfg.img_size)
-    anns, dropped = _annotations(vol, cfg, classes, geom) if label is not None else ({}, 0)
+    case, label = vol.case, vol.label
+    grid = SliceGrid.build(vol, cfg)
+    n, (h, w) = grid.n_slices, grid.slice_shape
+    anns, dropped = slice_annotations(vol, cfg, classes, grid.geometry) if label is not None \
+        else ({}, 0)
     selected = _select_slices(n, anns, label is not None, cfg, case.case_id)
     records, out_anns = [], []
     step = max(1, _BATCH_PIXELS // max(h * w, cfg.img_size ** 2))
     for b in range(0, len(selected), step):
         batch = selected[b:b + step]
-        u8 = apply_intensity(views[batch] if every else views[batch][..., used], params, -1)
-        u8 = resize_images(luma(u8) if plan == [-1] else u8, geom)
-        if plan != [-1] and plan != used:
-            u8 = u8[..., [used.index(c) for c in plan]]
-        for pixels, k in zip(u8, batch):
-            t = slice_transform(ornt=ornt, axis=cfg.axis, k_canonical=k, original_shape=vol.shape,
-                                spacing=vol.spacing, affine=vol.affine, slice_shape=(h, w),
-                                img_size=cfg.img_size, geometry=geom)
+        for pixels, k in zip(grid.images(batch), batch):
+            t = grid.transform(k)
             name = f"{case.case_id}_{cfg.axis}_{t['slice_index']:04d}.png"
             write_png(images / name, pixels[..., 0] if pixels.shape[-1] == 1 else pixels,
                       cfg.png_compression)
@@ -184,15 +164,15 @@ def convert_volume(vol: Volume, cfg: ConvertConfig, classes: list[int], images: 
                 "split": case.split, "modality": case.modality, "axis": cfg.axis,
                 **{f: t[f] for f in ("slice_index", "spacing", "original_shape", "affine")},
                 "transform": t, "has_label": label is not None,
-                "n_instances": len(anns.get(k, [])), "intensity": params.to_dict()})
+                "n_instances": len(anns.get(k, [])), "intensity": grid.params.to_dict()})
             out_anns.append(anns.get(k, []))
     order = np.argsort([r["slice_index"] for r in records], kind="stable")
     return {"case_id": case.case_id, "images": [records[i] for i in order], "dropped": dropped,
             "annotations": [out_anns[i] for i in order], "labelled": label is not None}
 
 
-def _annotations(vol: Volume, cfg: ConvertConfig, classes: list[int],
-                 geom: dict) -> tuple[dict[int, list[dict]], int]:
+def slice_annotations(vol: Volume, cfg: ConvertConfig, classes: list[int],
+                      geom: dict) -> tuple[dict[int, list[dict]], int]:
     """Annotations per canonical slice index (only slices with ≥ 1 kept), and the number of
     components dropped for being smaller than cfg.min_component_area output pixels.
 

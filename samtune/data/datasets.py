@@ -64,6 +64,11 @@ class SplitDataset:
     def split_dir(self, split: str) -> Path:
         return self.root / split
 
+    def categories(self) -> dict[int, str]:
+        """Class id → name, from dataset.json."""
+        info = json.loads((self.root / "dataset.json").read_text())
+        return {int(c["id"]): str(c["name"]) for c in info["categories"]}
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["root"] = str(self.root)

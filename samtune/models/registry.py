@@ -20,6 +20,7 @@ from torch.overrides import TorchFunctionMode
 from samtune.config import ModelConfig
 from samtune.models import sam2 as s2
 from samtune.models.base import PromptableModel
+from samtune.models.oracle import build_oracle
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def _spec(family: str, builder: Callable[[int], PromptableModel], checkpoint: st
           sha256: str | None = None) -> ModelSpec:
     # SAM's ViT patch is 16; SAM2's Hiera patch is 4, but its first stage tiles an 8×8 window
     # position embedding over the S/4 grid, so S must be a multiple of 32.
-    patch_size = 32 if family == "sam2" else 16
+    patch_size = {"sam2": 32, "oracle": 1}.get(family, 16)
     return ModelSpec(family, builder, img_size, patch_size, checkpoint, url, sha256, description)
 
 
@@ -167,6 +168,9 @@ MODELS: dict[str, ModelSpec] = {
     "sam2_tiny": _spec("sam2", s2.build_sam2_tiny, None, None,
                        "tiny SAM2.1 Hiera (random weights) for CPU tests and demos",
                        img_size=256),
+    "oracle": _spec("oracle", build_oracle, None, None,
+                    "ground truth as the answer to every prompt: checks geometry + metrics",
+                    img_size=256),
 }
 
 

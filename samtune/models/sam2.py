@@ -162,7 +162,22 @@ def build_sam2_base(config: str, img_size: int = 1024, overrides: Sequence[str] 
 
 
 def _build_sam2(img_size: int, *, config: str, overrides: Sequence[str] = ()) -> PromptableModel:
-    return Sam2Wrapper(build_sam2_base(config, img_size, overrides), img_size)
+    model = Sam2Wrapper(build_sam2_base(config, img_size, overrides), img_size)
+    model.build_args = (config, tuple(overrides))  # to build sam2's video predictor alike
+    return model
+
+
+def build_video_predictor(model: Sam2Wrapper) -> nn.Module:
+    """sam2's `SAM2VideoPredictor` with `model`'s architecture and current weights (on its
+    device), as `sam2.build_sam.build_sam2_video_predictor` configures it."""
+    config, overrides = model.build_args
+    video = ("++model._target_=sam2.sam2_video_predictor.SAM2VideoPredictor",
+             "++model.binarize_mask_from_pts_for_mem_enc=true", "++model.fill_hole_area=0")
+    device = next(model.parameters()).device
+    with torch.device(device):
+        predictor = build_sam2_base(config, model.img_size, (*overrides, *video))
+    predictor.load_state_dict(model.state_dict())
+    return predictor.eval()
 
 
 # A tiny SAM2.1 for CPU tests: Hiera with 5 blocks (global attention in stage 3), 64-channel heads.
@@ -179,6 +194,7 @@ TINY_OVERRIDES = (
     "model.memory_attention.layer.cross_attention.kv_in_dim=32",
     "model.memory_encoder.out_dim=32", "model.memory_encoder.position_encoding.num_pos_feats=32",
     "model.memory_encoder.fuser.layer.dim=64", "model.memory_encoder.fuser.num_layers=1",
+    "++model.memory_encoder.in_dim=64", "++model.memory_encoder.mask_downsampler.embed_dim=64",
 )
 
 build_sam2_hiera_t = partial(_build_sam2, config="configs/sam2/sam2_hiera_t.yaml")

@@ -1,0 +1,176 @@
+"""Evaluate a model on whole volumes: predict (prompts from ground truth on every slice, or one
+key-slice prompt propagated), reassemble on the source grid, write the prediction with the
+source affine, score per class (Dice, IoU, HD95, NSD, clDice) at slice, volume and global
+level, compute the selected biomarkers, and write the report.
+
+    result = evaluate_volumes(loaded, cases, convert_cfg, eval_cfg, Path("outputs/demo"))
+
+Output contract under `out_dir`: predictions/<case_id>.nii.gz (.nrrd for NRRD inputs),
+metrics/slice.csv, metrics/volume.csv, metrics/global.json, biomarkers.csv, report.html.
+A case without a label cannot be scored: ValueError naming it (use the `infer` pipeline).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from samtune.config import ConvertConfig, EvalConfig, PromptConfig
+from samtune.data import io as data_io
+from samtune.data.cases import Case
+from samtune.data.io_formats import extension, write_volume
+from samtune.data.render import SliceGrid
+from samtune.eval.biomarkers import compute_biomarkers
+from samtune.eval.metrics import MetricTable, case_metrics, slice_metrics
+from samtune.eval.model_source import LoadedModel
+from samtune.eval.predict import SlicePredictor, gt_instances, predict_with_gt_prompts, reassemble
+from samtune.eval.propagate import key_boxes, key_slice_of, propagate_boxes, propagate_video
+from samtune.eval.report import QCCase, ReportPaths, write_report
+
+__all__ = ["VolumeEvalResult", "evaluate_volumes", "predict_case", "prediction_path",
+           "split_cases"]
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VolumeEvalResult:
+    """Per-volume rows, global summary (per class), biomarker rows and the written paths."""
+
+    volume: pd.DataFrame
+    global_summary: dict[str, Any]
+    biomarkers: pd.DataFrame | None
+    paths: ReportPaths
+
+    def per_volume_dice(self) -> dict[str, float]:
+        """case_id → mean Dice over the classes (the promotion statistic)."""
+        return {str(k): float(v) for k, v in self.volume.groupby("case_id")["dice"].mean().items()}
+
+    def metrics(self) -> dict[str, float]:
+        """Flat means for tracking: volume_<metric>_<class>, plus volume_dice (all classes)."""
+        out = {"volume_dice": float(self.volume["dice"].mean())}
+        for name, s in self.global_summary.items():
+            for metric in ("dice", "iou", "hd95_mm", "nsd", "cldice"):
+                value = (s.get(metric) or {}).get("mean")
+                if value is not None:
+                    out[f"volume_{metric}_{name}"] = float(value)
+            out[f"global_dice_{name}"] = float(s["global_dice"])
+        return out
+
+
+def prediction_path(out_dir: Path, case: Case) -> Path:
+    """predictions/<case_id>.nrrd for NRRD inputs, else .nii.gz."""
+    src = case.image_paths[0] if case.image_paths else ""
+    ext = ".nrrd" if extension(Path(src)) in (".nrrd", ".nhdr") else ".nii.gz"
+    return Path(out_dir) / "predictions" / f"{case.case_id}{ext}"
+
+
+def split_cases(cases: Sequence[Case], dataset_dir: Path, split: str) -> list[Case]:
+    """The cases of `split` ("all": every case of the split table), in case-id order, from the
+    export's splits.json."""
+    table = json.loads((Path(dataset_dir) / "splits.json").read_text())["cases"]
+    chosen = [c for c in cases if c.case_id in table and (split == "all" or table[c.case_id] == split)]
+    return sorted(chosen, key=lambda c: c.case_id)
+
+
+def _prompt_cfg(eval_cfg: EvalConfig) -> PromptConfig:
+    points = eval_cfg.prompt == "points"
+    return PromptConfig(box=not points, bbox_shift=eval_cfg.bbox_shift,
+                        positive_points=eval_cfg.points if points else 0, center_point=points,
+                        multimask=eval_cfg.multimask)
+
+
+def predict_case(predictor: SlicePredictor, grid: SliceGrid, instances: dict, eval_cfg: EvalConfig,
+                 family: str) -> dict[int, np.ndarray]:
+    """Slice label maps of one volume under eval_cfg.mode ("slices": GT prompts on every slice;
+    "propagate": the key slice's GT boxes, propagated)."""
+    if eval_cfg.mode == "slices":
+        return predict_with_gt_prompts(predictor, grid, instances, _prompt_cfg(eval_cfg),
+                                       batch_size=eval_cfg.batch_size, seed=eval_cfg.seed)
+    if not instances:
+        return {}
+    key = key_slice_of(instances)
+    inst = instances[key]
+    boxes = key_boxes(inst)
+    if family == "sam2":
+        return propagate_video(predictor, grid, key, boxes, inst.labels)
+    return propagate_boxes(predictor, grid, key, boxes, inst.labels,
+                           margin=eval_cfg.propagate_margin, key_instances=inst)
+
+
+def _class_ids(names: Sequence[str] | str, classes: dict[int, str]) -> set[int]:
+    if names == "all":
+        return set(classes)
+    unknown = sorted(set(names) - set(classes.values()))
+    if unknown:
+        raise ValueError(f"eval.cldice_classes: unknown class(es) {unknown}; the dataset has "
+                         f"{sorted(classes.values())}")
+    return {k for k, v in classes.items() if v in names}
+
+
+def evaluate_volumes(loaded: LoadedModel, cases: Sequence[Case], convert_cfg: ConvertConfig,
+                     eval_cfg: EvalConfig, out_dir: Path, classes: dict[int, str], *,
+                     title: str = "samtune evaluation") -> VolumeEvalResult:
+    """Evaluate `loaded` on `cases` (labelled) and write the output contract under out_dir."""
+    out_dir = Path(out_dir)
+    unlabelled = [c.case_id for c in cases if c.label_path is None]
+    if unlabelled:
+        raise ValueError(f"cases without labels cannot be evaluated: {', '.join(unlabelled)}; "
+                         "use the `infer` pipeline for unlabelled volumes")
+    if not cases:
+        raise ValueError(f"no cases in split '{eval_cfg.split}' to evaluate")
+    predictor = SlicePredictor(loaded.model.to(loaded.device).eval(), convert_cfg.img_size,
+                               loaded.stats, loaded.device)
+    tol = eval_cfg.nsd_tolerance_mm
+    nsd_tol = {k: tol.get(v, 1.0) for k, v in classes.items()} if isinstance(tol, dict) else tol
+    cl_ids = _class_ids(eval_cfg.cldice_classes, classes)
+    table, bio_rows, qc = MetricTable(), [], []
+    for case in tqdm(cases, desc="evaluate", unit="vol"):
+        vol = data_io.load_volume(case)
+        grid = SliceGrid.build(vol, convert_cfg)
+        instances = gt_instances(vol, convert_cfg, list(classes), grid)
+        pred = reassemble(grid, predict_case(predictor, grid, instances, eval_cfg,
+                                             loaded.family))
+        gt = np.rint(vol.label).astype(np.int32) if vol.label.dtype.kind == "f" \
+            else vol.label.astype(np.int32)
+        if eval_cfg.save_predictions:
+            write_volume(prediction_path(out_dir, case), pred.astype(np.uint8 if pred.max() < 256
+                                                                     else np.int16), vol.affine)
+        rows = case_metrics(pred, gt, vol.spacing, classes, nsd_tolerance_mm=nsd_tol,
+                            cldice_classes=cl_ids)
+        table.add_case(case.case_id, rows)
+        if eval_cfg.slice_metrics:
+            table.add_slices(case.case_id, slice_metrics(pred, gt, vol.spacing, classes,
+                                                         axis=grid.transform(0)["original_axis"],
+                                                         nsd_tolerance_mm=nsd_tol))
+        for cid, name in classes.items() if eval_cfg.biomarkers else ():
+            for r in compute_biomarkers(pred == cid, gt == cid, vol.spacing, eval_cfg.biomarkers,
+                                        qmap=_qmap(case)):
+                bio_rows.append({"case_id": case.case_id, "class": name, **r})
+        dice = float(np.mean([r["dice"] for r in rows]))
+        qc.append(QCCase.from_volumes(case.case_id, dice, vol.image[0], gt, pred,
+                                      axis=grid.transform(0)["original_axis"]))
+        log.info("%s: Dice %s", case.case_id, ", ".join(f"{r['class']} {r['dice']:.4f}"
+                                                         for r in rows))
+    bio = pd.DataFrame(bio_rows) if bio_rows else None
+    context = {"model": loaded.description, "split": eval_cfg.split, "mode": eval_cfg.mode,
+               "prompt": eval_cfg.prompt, "cases": len(cases), "img_size": convert_cfg.img_size}
+    paths = write_report(out_dir, volume=table.volume_frame(),
+                         slices=table.slice_frame() if eval_cfg.slice_metrics else None,
+                         global_summary=table.global_summary(), biomarkers=bio, qc_cases=qc,
+                         title=title, context=context, qc_per_side=eval_cfg.qc_cases)
+    return VolumeEvalResult(table.volume_frame(), table.global_summary(), bio, paths)
+
+
+def _qmap(case: Case) -> np.ndarray | None:
+    """The co-registered quantitative map of a case (`meta["qmap"]`: a volume path), if any."""
+    path = case.meta.get("qmap")
+    if not path:
+        return None
+    array, _affine, _format = data_io.read_image(path)  # VolumeReadError names the file
+    return np.asarray(array, dtype=np.float32)
