@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.samtune-installed
 
-.PHONY: venv demo test bench lock clean
+.PHONY: venv demo test bench lock clean stack-k8s k8s-render
 
 $(STAMP): requirements.txt requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,14 @@ test: venv
 
 bench: venv
 	$(BIN)/python bench/convert.py
+
+# Register (idempotently) and activate the remote stack described in stacks/k8s_stack.yaml.
+stack-k8s: venv
+	$(BIN)/python -m stacks.remote stacks/k8s_stack.yaml --activate
+
+# Render an overlay (kubectl kustomize where installed, else samtune's Python renderer).
+k8s-render: venv
+	$(BIN)/python -m stacks.kustomize k8s/overlays/$${OVERLAY:-gpu-cluster}
 
 lock: venv
 	$(BIN)/python -m pip freeze --exclude-editable > requirements.lock

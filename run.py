@@ -29,9 +29,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true",
                    help="validate and print the resolved config and step plan; run nothing")
     p.add_argument("--no-cache", action="store_true", help="re-run every step")
-    p.add_argument("--list-datasets", action="store_true", help="list dataset layouts")
-    p.add_argument("--list-pipelines", action="store_true", help="list pipelines")
-    p.add_argument("--list-models", action="store_true", help="list the model zoo")
+    for what in ("datasets", "pipelines", "models"):
+        p.add_argument(f"--list-{what}", action="store_true", help=f"list the {what}")
     p.add_argument("--download", metavar="MODEL",
                    help="fetch MODEL's official checkpoint into model.checkpoints_dir")
     p.add_argument("--check", action="store_true",
@@ -74,6 +73,14 @@ def _dry_run(cfg: Config, pipeline: str) -> None:
     print(f"# step plan: {pipeline}")
     for i, (step_name, sections) in enumerate(PIPELINES[pipeline].plan, 1):
         print(f"  {i}. {step_name:<18} ← {', '.join(sections)}")
+    if pipeline == "benchmark":
+        from samtune.benchmark import dry_run_lines
+
+        print("\n".join(dry_run_lines(cfg)))
+    if cfg.stack.kind == "kubernetes":
+        from stacks.k8s_run import dry_run_lines
+
+        print("\n".join(dry_run_lines(cfg.stack, PIPELINES[pipeline].plan, cfg.schedule.cron)))
     if cfg.data.root is not None and not cfg.data.root.exists() and cfg.data.layout != "phantoms":
         log.warning("data.root %s does not exist (yet): the run would stop at ingest",
                     cfg.data.root)
@@ -115,12 +122,25 @@ def run_pipeline(cfg: Config, name: str, no_cache: bool, verbose: bool) -> int:
         quiet = ("zenml.orchestrators.local.local_orchestrator", "zenml.orchestrators.step_launcher")
         for handler in root.handlers:
             handler.addFilter(lambda r: r.name not in quiet or r.levelno < logging.ERROR)
-    ensure_stack(cfg.stack, home)
-    prepare_experiment(cfg.stack, home, name)
-    module = importlib.import_module(PIPELINES[name].module)
     # FAIL_FAST re-raises the failing step's own exception (a DataError names file and problem)
     options: dict = {"execution_mode": ExecutionMode.FAIL_FAST, "enable_cache": not no_cache}
-    if name != "prepare":  # the ZenML Model Control Plane version this run produces
+    if cfg.stack.kind == "kubernetes":
+        from stacks.k8s_run import activate_remote, remote_options
+
+        activate_remote(cfg.stack)
+        options["steps"] = remote_options(cfg.stack, [s for s, _ in PIPELINES[name].plan])
+    else:
+        ensure_stack(cfg.stack, home)
+        prepare_experiment(cfg.stack, home, name)
+    if cfg.schedule.cron:
+        if cfg.stack.kind == "local":
+            raise ConfigError("schedule.cron: the local stack has no scheduler; run by hand or "
+                              "from cron (README), or use stack.kind kubernetes")
+        from zenml.config.schedule import Schedule
+
+        options["schedule"] = Schedule(cron_expression=cfg.schedule.cron)
+    module = importlib.import_module(PIPELINES[name].module)
+    if name in ("finetune", "retrain"):  # the ZenML Model Control Plane version it produces
         from zenml import Model
 
         options["model"] = Model(name=cfg.registry.model_name)

@@ -13,15 +13,18 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from samtune.config_sections import (  # noqa: F401  re-exported: one tree, one import path
+    BenchmarkConfig,
     ConvertConfig,
     DataConfig,
     EvalConfig,
+    InferConfig,
     LORA_TARGETS,
     LoraConfig,
     ModelConfig,
     PhantomConfig,
     PromptConfig,
     RegistryConfig,
+    ScheduleConfig,
     Section,
     SplitConfig,
     StackConfig,
@@ -46,8 +49,11 @@ class Config(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    infer: InferConfig = Field(default_factory=InferConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     stack: StackConfig = Field(default_factory=StackConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
@@ -123,16 +129,37 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (name in configs/ or a path), apply overrides, validate."""
-    path = resolve_config_path(name_or_path)
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """One config file as a dict; `extends: NAME|PATH` deep-merges it over its base."""
+    if path in seen:
+        raise ConfigError(f"{path}: `extends` loops back to {seen[0]}")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
-    raw = apply_overrides(raw, overrides or [])
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    candidate = path.parent / str(base)
+    return _merge(_read_yaml(candidate if candidate.is_file() else resolve_config_path(base),
+                             (*seen, path)), raw)
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(
+            out.get(key), dict) else value
+    return out
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (name in configs/ or a path; `extends:` another), apply overrides,
+    validate."""
+    path = resolve_config_path(name_or_path)
+    raw = apply_overrides(_read_yaml(path), overrides or [])
     try:
         return Config.model_validate(raw)
     except ValidationError as err:

@@ -1,0 +1,30 @@
+"""Inference on new volumes: masks (NIfTI / NRRD), overlay PNGs and inference.json."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from zenml import log_metadata, step
+
+from samtune.config import ConvertConfig, DataConfig, InferConfig, ModelConfig
+from samtune.eval.infer import find_inputs
+from samtune.eval.infer import infer_volumes as infer
+from samtune.eval.model_source import load_model
+
+
+@step(enable_cache=False)
+def infer_volumes(
+    inference: dict[str, Any], data: dict[str, Any], convert: dict[str, Any],
+    model_config: dict[str, Any], model_uri: str | None, output_dir: str,
+) -> Annotated[dict[str, Any], "inference"]:
+    """The model of `model_uri` (eval.model_uri) or, without one, of the model section, on the
+    volumes of infer.input or the data section's unlabelled cases; writes output_dir/inference/
+    and output_dir/inference.json. Not cached: it reads the disk and writes files users open."""
+    cfg = InferConfig.model_validate(inference)
+    cases = find_inputs(cfg, DataConfig.model_validate(data))
+    loaded = load_model(ModelConfig.model_validate(model_config), model_uri)
+    summary = infer(loaded, cases, ConvertConfig.model_validate(convert), cfg, Path(output_dir))
+    log_metadata(metadata={"mode": cfg.mode, "model": loaded.description,
+                           "cases_done": summary["done"], "cases_failed": summary["failed"],
+                           "cases_skipped": summary["skipped"]})
+    return summary

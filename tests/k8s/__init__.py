@@ -1,0 +1,1 @@
+"""Kubernetes deployment: kustomize renders, policy, RBAC, ZenML-built pods, the remote stack."""
