@@ -110,12 +110,16 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `dotted.key=value` overrides; values are parsed as YAML (so `0.5`, `[1,2]`, `null`)."""
+    """Apply `dotted.key=value` overrides; values are parsed as YAML (so `0.5`, `[1,2]`, `null`),
+    or kept as text when they are not YAML."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set '{item}': expected dotted.key=value")
         key, _, text = item.partition("=")
-        value = yaml.safe_load(text) if text.strip() else ""
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:  # not YAML (e.g. a cron "*/15 …"): the text itself
+            value = text
         node = raw
         parts = key.strip().split(".")
         for part in parts[:-1]:

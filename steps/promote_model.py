@@ -5,7 +5,8 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-from zenml import Client, log_metadata, step
+from zenml import log_metadata, step
+from zenml.client import Client
 
 from samtune.champion import judge, latest_version, open_registry, volume_scorer
 from samtune.config import ConvertConfig, EvalConfig, RegistryConfig

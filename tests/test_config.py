@@ -82,3 +82,43 @@ def test_unknown_config_name_and_bad_yaml(tmp_path: Path) -> None:
         load_config("no_such_config")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(_write(tmp_path, "data: [unclosed\n"))
+
+
+def test_extends_deep_merges_and_k8s_config_differs_only_by_stack() -> None:
+    base = load_config("asoca").to_dict()
+    k8s = load_config("asoca_k8s").to_dict()
+    assert {k for k in base if base[k] != k8s[k]} == {"stack"}
+    assert k8s["stack"]["kind"] == "kubernetes" and k8s["stack"]["pods"]["gpu"]["count"] == 1
+    retrain = load_config("retrain_k8s").to_dict()
+    assert retrain["schedule"]["cron"] == "0 3 * * 1" and retrain["stack"] == k8s["stack"]
+    assert retrain["convert"] == base["convert"]  # two levels of extends
+
+
+def test_extends_loop_and_missing_base(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="nowhere"):
+        load_config(tmp_path / "c.yaml")
+
+
+@pytest.mark.parametrize("cron", ["0 3 * * 1", "*/15 0-6 1,15 jan-mar mon-fri", "5 4 * * sun"])
+def test_valid_cron(cron: str) -> None:
+    assert load_config("demo", [f"schedule.cron={cron}"]).schedule.cron == cron
+
+
+@pytest.mark.parametrize("cron, problem", [("0 3 * *", "5 fields"), ("61 * * * *", "minute"),
+                                           ("0 24 * * *", "hour"), ("0 0 * foo *", "month"),
+                                           ("0 0 * * 1/0", "step")])
+def test_invalid_cron_names_the_field(cron: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        load_config("demo", [f"schedule.cron={cron}"])
+
+
+def test_kubernetes_stack_needs_a_spec_and_unknown_biomarker_lists_valid_ones() -> None:
+    with pytest.raises(ConfigError, match="stack.spec"):
+        load_config("demo", ["stack.kind=kubernetes"])
+    with pytest.raises(ConfigError, match="volume_ml"):
+        load_config("demo", ["eval.biomarkers={volumee_ml: true}"])

@@ -55,3 +55,23 @@ def test_cli_entry_point_as_script() -> None:
     proc = subprocess.run([sys.executable, "run.py", "--list-pipelines"], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "prepare" in proc.stdout
+
+
+def test_k8s_dry_run_resolves_remote_stack_and_step_pods(capsys: pytest.CaptureFixture) -> None:
+    assert run.main(["--pipeline", "retrain", "--config", "retrain_k8s", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "# remote stack:" in out and "orchestrator" in out and "[kubernetes]" in out
+    train = next(line for line in out.splitlines() if line.strip().startswith("train_model "))
+    assert "gpu" in train and "nvidia.com/gpu" in train
+    split = next(line for line in out.splitlines() if line.strip().startswith("split_dataset "))
+    assert split.split()[1] == "cpu:" and "nvidia.com/gpu" not in split
+    assert "cron '0 3 * * 1'" in out
+
+
+def test_schedule_on_the_local_stack_is_refused(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    code = run.main(["--pipeline", "retrain", "--config", "retrain", "--set",
+                     "schedule.cron=0 3 * * 1", "--set", f"stack.home={tmp_path / 'state'}",
+                     "--set", f"output_dir={tmp_path / 'out'}"])
+    assert code == 1 and "no scheduler" in capsys.readouterr().out
+    assert not (tmp_path / "out").exists()

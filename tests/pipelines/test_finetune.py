@@ -27,12 +27,29 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedP
     sets = [f"stack.home={tmp / 'state'}", f"output_dir={tmp / 'out'}", f"data.root={tmp / 'data'}",
             f"train.cache_dir={tmp / 'cache'}", "data.phantoms.n_normal=2",
             "data.phantoms.n_diseased=2", "data.phantoms.shape=[48,48,24]", "convert.img_size=128",
-            "model.img_size=128", "train.epochs=1", "train.batch_size=4", "registry.model_name=ft-test"]
-    cmd = [sys.executable, "run.py", "--pipeline", "finetune", "--config", "demo"]
+            "model.img_size=128", "train.epochs=1", "train.batch_size=4", "registry.model_name=ft-test",
+            "registry.floor=0.0", "eval.model_uri=models:/ft-test@champion"]
+    return _run_cli("finetune", sets, env), tmp
+
+
+def _run_cli(pipeline: str, sets: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "run.py", "--pipeline", pipeline, "--config", "demo"]
     for s in sets:
         cmd += ["--set", s]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    return proc, tmp
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def later_runs(run) -> dict[str, subprocess.CompletedProcess]:
+    """After finetune, on the same state: retrain (same data → skipped), evaluate the champion
+    from its MLflow URI, promote again (nothing changes)."""
+    proc, tmp = run
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ZENML_", "MLFLOW_"))}
+    env.update(HOME=str(tmp / "home"))
+    sets = [a for a in proc.args if "=" in a and not a.startswith("-")]
+    return {name: _run_cli(name, sets + [f"output_dir={tmp / name}"], env)
+            for name in ("retrain", "evaluate", "promote")}
 
 
 def test_finetune_runs_end_to_end_and_reports_dice_vs_box_fill(run) -> None:
@@ -77,3 +94,38 @@ def test_model_registered_with_tags_and_linked_to_zenml(run) -> None:
 def test_nothing_written_to_home(run) -> None:
     _, tmp = run
     assert [p for p in (tmp / "home").rglob("*") if p.is_file()] == []
+
+
+def test_volume_evaluation_outputs_and_first_champion(run) -> None:
+    proc, tmp = run
+    out = tmp / "out"
+    for rel in ("metrics/volume.csv", "metrics/slice.csv", "metrics/global.json",
+                "biomarkers.csv", "report.html"):
+        assert (out / rel).is_file(), rel
+    assert len(list((out / "predictions").glob("*.nrrd"))) == 1  # ASOCA NRRD in → NRRD out
+    assert "volume Dice" in proc.stdout and "evaluation report" in proc.stdout
+    promotion = json.loads((out / "promotion.json").read_text())
+    assert promotion["applied"] and promotion["champion"] == "1"  # no champion + floor 0
+
+
+def test_retrain_on_unchanged_data_skips_training(later_runs) -> None:
+    proc = later_runs["retrain"]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = proc.stdout + proc.stderr
+    assert "training skipped" in text and "train_model" not in proc.stdout.split("check_retrain")[-1]
+
+
+def test_evaluate_champion_from_its_mlflow_uri(later_runs, run) -> None:
+    proc = later_runs["evaluate"]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = run[1] / "evaluate"
+    g = json.loads((out / "metrics" / "global.json").read_text())
+    assert "models:/ft-test@champion" in g["context"]["model"]
+    assert (out / "report.html").is_file() and any((out / "predictions").iterdir())
+
+
+def test_promote_again_changes_nothing(later_runs, run) -> None:
+    proc = later_runs["promote"]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    promotion = json.loads((run[1] / "promote" / "promotion.json").read_text())
+    assert promotion["applied"] is False and promotion["champion"] == "1"
