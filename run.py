@@ -15,6 +15,7 @@ import yaml
 from pipelines import PIPELINES
 from samtune.config import Config, ConfigError, load_config
 from samtune.data.cases import DataError
+from samtune.registry_ops import RegistryError
 
 REPO = Path(__file__).resolve().parent
 log = logging.getLogger("samtune")
@@ -92,8 +93,7 @@ def _report(run: object, output_dir: Path) -> None:
     steps = getattr(run, "steps", {})
     for name, step_run in steps.items():
         print(f"  {name:<18} {getattr(step_run.status, 'value', step_run.status)}")
-    for line in run_summary(output_dir, list(steps)):
-        print(line)
+    print("\n".join(run_summary(output_dir, list(steps))))
 
 
 def _check(cfg: Config) -> int:
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return run_pipeline(cfg, args.pipeline, args.no_cache, args.verbose)
-    except (DataError, ConfigError) as exc:
+    except (DataError, ConfigError, RegistryError) as exc:
         log.error("run failed: %s", exc)
         return 1
     except Exception as exc:  # unexpected: the traceback is one flag away

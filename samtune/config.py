@@ -17,19 +17,22 @@ from samtune.config_sections import (  # noqa: F401  re-exported: one tree, one 
     ConvertConfig,
     DataConfig,
     EvalConfig,
-    InferConfig,
     LORA_TARGETS,
     LoraConfig,
     ModelConfig,
     PhantomConfig,
     PromptConfig,
-    RegistryConfig,
-    ScheduleConfig,
     Section,
     SplitConfig,
-    StackConfig,
     TrainConfig,
     ValidateConfig,
+)
+from samtune.config_runtime import (  # noqa: F401  re-exported
+    InferConfig,
+    RegistryConfig,
+    ScheduleConfig,
+    StackConfig,
+    check_cron,
 )
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"

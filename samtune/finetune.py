@@ -55,7 +55,9 @@ def train_on_export(dataset_dir: Path, model_cfg: ModelConfig, train_cfg: TrainC
     val_data = (cache_embeddings(val_set, model, cache_root, enabled=train_cfg.embedding_cache)
                 if val_set is not None else None)
     result = train(model, train_data, val_data, train_cfg, out_dir / "checkpoints",
-                   callback=callback, run_config={"model": model_cfg.model_dump(mode="json")})
+                   callback=qc_during_training(model, val_set or train_set, train_cfg.qc_every,
+                                               out_dir / "qc", callback),
+                   run_config={"model": model_cfg.model_dump(mode="json")})
     if result.stopped == "nan":
         raise TrainingError(result.message)
     best = result.best_checkpoint or result.last_checkpoint
@@ -76,6 +78,44 @@ def train_on_export(dataset_dir: Path, model_cfg: ModelConfig, train_cfg: TrainC
             "exports": {k: Path(v).name for k, v in files.items()}}
     (out_dir / "model.json").write_text(json.dumps(info, indent=1, default=str))
     return ModelBundle(root=out_dir, fingerprint=file_sha256(files["full"]), summary=summary)
+
+
+def qc_during_training(model: Any, dataset: Dataset, every: int, qc_dir: Path,
+                       inner: Callback | None = None, n: int = 4) -> Callback:
+    """A training callback that, every `every` epochs, predicts the first `n` slices holding
+    instances with GT-box prompts and writes image / GT / prompt / prediction overlays to
+    `qc_dir/epoch_NNNN_k.png`; every event is passed on to `inner`."""
+    items: list[dict[str, Any]] = []
+
+    def callback(event: str, metrics: dict[str, float], step: int) -> None:
+        if inner is not None:
+            inner(event, metrics, step)
+        if event != "epoch" or int(metrics["epoch"]) % every:
+            return
+        if not items:
+            for i in range(len(dataset)):  # type: ignore[arg-type]
+                if len(items) < n and dataset[i]["masks"].any():
+                    items.append(dataset[i])
+        device = next(model.parameters()).device
+        report = evaluate_slices(model, _Listed(items, getattr(dataset, "normalization", None)),
+                                 batch_size=n, device=device, qc_slices=n)
+        for k, qc in enumerate(report.qc):
+            qc_overlay(qc["image"], qc["gt_masks"], {"boxes": qc["boxes"]}, qc["pred_masks"],
+                       qc_dir / f"epoch_{int(metrics['epoch']):04d}_{k}.png",
+                       title=f"epoch {int(metrics['epoch'])}, {qc['case_id']}")
+
+    return callback
+
+
+class _Listed(Dataset):
+    def __init__(self, items: list[dict[str, Any]], normalization: Any):
+        self.items, self.normalization = items, normalization
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.items[index]
 
 
 class _Splits(Dataset):

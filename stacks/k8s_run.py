@@ -28,8 +28,15 @@ def spec_variables(path: Path) -> dict[str, str | None]:
 
 
 def activate_remote(stack: Any) -> list[str]:
-    """Register (idempotently) and activate the stack of `stack.spec`; its actions."""
-    return register_stack(load_stack_spec(stack.spec), activate=True)
+    """Register (idempotently) and activate the stack of `stack.spec`; its actions. The MLflow
+    server of its experiment tracker must answer first (RegistryError naming the URI)."""
+    from samtune.registry_ops import check_reachable
+
+    spec = load_stack_spec(stack.spec)
+    tracker = spec["components"].get("experiment_tracker", {}).get("configuration", {})
+    if tracker.get("tracking_uri"):
+        check_reachable(tracker["tracking_uri"])
+    return register_stack(spec, activate=True)
 
 
 def remote_options(stack: Any, steps: Sequence[str]) -> dict[str, dict[str, Any]]:

@@ -89,9 +89,11 @@ def prepare_experiment(stack: StackConfig, home: Path, pipeline: str) -> None:
     """Create the pipeline's MLflow experiment (ZenML's tracker names it after the pipeline)
     with its artifacts under `home`; a sqlite store would otherwise write ./mlruns wherever
     the command runs. Experiments on a user's own server are left as they are."""
+    from samtune.registry_ops import check_reachable
     from samtune.tracking import ensure_experiment
 
     uri = tracking_uri(stack, home)
+    check_reachable(uri)  # an unreachable server fails here, before any step, naming the URI
     if uri.startswith("sqlite:") and uri == f"sqlite:///{home / 'mlflow.db'}":
         ensure_experiment(pipeline, home / "mlartifacts", tracking_uri=uri)
 

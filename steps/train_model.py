@@ -12,6 +12,8 @@ from samtune.config import ModelConfig, TrainConfig
 from samtune.data.datasets import SplitDataset
 from samtune.finetune import train_on_export
 from samtune.models.bundle import ModelBundle
+from samtune.tracking_buffer import ResilientTracker
+from samtune.train.ddp import run_distributed
 from steps.caching import MODEL_CACHE
 
 
@@ -24,10 +26,18 @@ def train_model(
     (ZenML's tracker) gets the flattened config, per-epoch metrics and the training curves."""
     tracking.log_params_flat(config)
     tracking.log_config(config)
-    bundle = train_on_export(
-        dataset.root, ModelConfig.model_validate(model), TrainConfig.model_validate(train),
-        Path(output_dir) / "training", dataset_fingerprint=dataset.fingerprint,
-        callback=lambda event, metrics, step_no: tracking.log_epoch(metrics, step_no))
-    tracking.log_figure(bundle.root / "curves.png")
+    model_cfg, train_cfg = ModelConfig.model_validate(model), TrainConfig.model_validate(train)
+    out = Path(output_dir) / "training"
+    log_epoch = ResilientTracker(out / "tracking_buffer.jsonl")  # survives losing MLflow
+    if train_cfg.distributed.nproc > 1:  # torchrun: rank 0 trains and exports into `out`
+        bundle = ModelBundle.from_dir(run_distributed(
+            dataset.root, model_cfg, train_cfg, out, callback=log_epoch,
+            dataset_fingerprint=dataset.fingerprint))
+    else:
+        bundle = train_on_export(dataset.root, model_cfg, train_cfg, out,
+                                 dataset_fingerprint=dataset.fingerprint, callback=log_epoch)
+    log_epoch.safe("uploading curves", tracking.log_figure, bundle.root / "curves.png")
+    for png in sorted((bundle.root / "qc").glob("epoch_*.png")):  # every train.qc_every epochs
+        log_epoch.safe("uploading QC", tracking.log_artifact, png, "qc_training")
     log_metadata(metadata={k: v for k, v in bundle.summary.items() if v is not None})
     return bundle

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from mlflow import MlflowClient
 from pydantic import ValidationError
 
-from samtune.config_sections import RegistryConfig
+from samtune.config import RegistryConfig
 from samtune.promotion import Decision, PromotionPolicy, decide, paired_bootstrap_ci
 from samtune.registry_ops import AliasRegistry, RegistryError, check_reachable
 from tests.mlflow_server import free_port, mlflow_server  # noqa: F401  (fixture)

@@ -75,3 +75,18 @@ def test_schedule_on_the_local_stack_is_refused(tmp_path: Path,
                      "--set", f"output_dir={tmp_path / 'out'}"])
     assert code == 1 and "no scheduler" in capsys.readouterr().out
     assert not (tmp_path / "out").exists()
+
+
+def test_unreachable_mlflow_fails_before_any_step(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = run.main(["--pipeline", "finetune", "--config", "demo", "--set",
+                     f"stack.home={tmp_path / 'state'}", "--set", f"output_dir={tmp_path / 'out'}",
+                     "--set", f"stack.mlflow_tracking_uri=http://127.0.0.1:{port}"])
+    out = capsys.readouterr().out
+    assert code == 1 and f"http://127.0.0.1:{port}" in out and "unreachable" in out
+    assert not (tmp_path / "out").exists()

@@ -202,6 +202,10 @@ def compute_biomarkers(pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, f
     g, _ = check_inputs(gt, spacing)
     if p.shape != g.shape:
         raise ValueError(f"pred shape {p.shape} differs from gt shape {g.shape}")
+    need_qmap = sorted(name for name in chosen if BIOMARKERS[name].needs_qmap)
+    if need_qmap and qmap is None:
+        raise ValueError(f"biomarker(s) {', '.join(need_qmap)} need a quantitative map "
+                         "(qmap=...) co-registered with the masks; none was given")
     sp_mm = (float(sp[0]), float(sp[1]), float(sp[2]))
     rows: list[dict[str, Any]] = []
     for name, params in chosen.items():

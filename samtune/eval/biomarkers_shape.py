@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 FULL = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity
 HALF_OFFSETS = np.array([o for o in np.ndindex(3, 3, 3) if o > (1, 1, 1)]) - 1  # one per ± pair
 SMOOTH_HALF_WIDTH = 3  # centreline points averaged either side (voxels)
-TRIM_RADII = 2.5  # centreline within this many local radii (+1 voxel) of an open face is redrawn
+TRIM_RADII = 2.5  # centreline this near an open face (radii, +1 voxel): straight extension
 N_RAYS = 24  # rays per centreline point in the plane normal to the centreline
 
 
@@ -252,11 +252,11 @@ def vessel(mask: np.ndarray, spacing: tuple[float, float, float], *,
 
     `centreline_length_mm`: total length of the skeleton forest (all branches; see
     `_centreline` for spur pruning, smoothing and open-face ends); a closed end stops short of
-    the tip by about a radius, as a medial axis does. `mean/min/max_radius_mm`: over centreline
-    points, the mean length of N_RAYS rays cast in the plane normal to the centreline (over the
-    sphere for an isolated point); at a bifurcation the normal plane cuts both branches, so
-    `max_radius_mm` reads high there. Empty mask: length 0.0, radii NaN. `qmap` is ignored.
-    """
+    the tip by about a radius, as a medial axis does. `mean/min/max_radius_mm`: over the kept
+    centreline points, the mean length of N_RAYS rays in the plane normal to the local direction
+    (`_tangents`; over the sphere where it is undefined); at a bifurcation that plane cuts both
+    branches, so `max_radius_mm` reads high there. Empty mask: length 0.0, radii NaN. `qmap` is
+    ignored."""
     m, sp = check_inputs(mask, spacing)
     crop = _crop(m, "vessel")
     if crop is None:

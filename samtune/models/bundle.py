@@ -22,6 +22,15 @@ class ModelBundle:
     fingerprint: str
     summary: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_dir(cls, root: Path) -> "ModelBundle":
+        """The bundle a training run exported into `root` (fingerprint: sha256 of full.pt)."""
+        from samtune.models.checkpoints import file_sha256
+
+        root = Path(root)
+        info = json.loads((root / "model.json").read_text())
+        return cls(root, file_sha256(root / "weights" / "full.pt"), info.get("summary", {}))
+
     @property
     def weights(self) -> Path:
         return self.root / "weights" / "full.pt"

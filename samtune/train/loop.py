@@ -21,13 +21,15 @@ still counts as a step (the schedule stays a function of the data position).
 NaN/Inf: a non-finite loss (or gradient norm, without a GradScaler) stops the run with
 `stopped="nan"` and a message naming the step, epoch and batch; nothing is saved after it, and
 weights are checked finite before every save, so `last.pt` always holds the last good state.
+
+Under torchrun (WORLD_SIZE > 1) the same loop trains data-parallel (`samtune.train.ddp`):
+`batch_size` is per process, every rank passes the same `out_dir` and only rank 0 writes to it.
 """
 from __future__ import annotations
 
 import logging
 import math
 import random
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,9 +42,12 @@ from tqdm import tqdm
 
 from samtune.config import TrainConfig
 from samtune.models.base import PromptableModel
+from samtune.train import ddp
 from samtune.train import state as ckpt
+from samtune.train.bookkeeping import all_finite, epoch_metrics, fresh_run, zero_sums
 from samtune.train.optim import LRSchedule, build_optimizer, build_scheduler
-from samtune.train.step import batch_loss, count_batches, epoch_batches, make_normalizer, validate
+from samtune.train.step import (batch_loss, count_batches, epoch_batches, make_normalizer,
+                                validate_sums)
 
 __all__ = ["TrainResult", "train"]
 logger = logging.getLogger(__name__)
@@ -75,20 +80,30 @@ def train(model: PromptableModel, train_data: Dataset | Iterable[dict[str, Any]]
     metrics, step): "epoch" after every epoch, "end" once. run_config: more of the run's config
     (e.g. {"model": …}) to store and hash with `cfg`, so resuming another model is refused.
     """
-    out_dir = Path(out_dir)
-    device = _device(cfg.device)
+    with ddp.process_group(cfg.distributed.backend, cfg.device) as ctx:
+        return _train(model, train_data, val_data, cfg, Path(out_dir), ctx, callback, resume,
+                      run_config)
+
+
+def _train(model: PromptableModel, train_data: Dataset | Iterable[dict[str, Any]],
+           val_data: Dataset | Iterable[dict[str, Any]] | None, cfg: TrainConfig, out_dir: Path,
+           ctx: ddp.DistContext, callback: Callback | None, resume: Path | None,
+           run_config: dict[str, Any] | None) -> TrainResult:
+    device = ddp.resolve_device(cfg.device, ctx)
     if cfg.amp == "fp16" and device.type != "cuda":
         raise ValueError("amp 'fp16' needs CUDA (GradScaler); on the CPU use amp 'bf16' or 'none'")
     config = {"train": cfg.model_dump(mode="json"), **(run_config or {})}
     config_hash = ckpt.config_hash(config)
     resume = resume or cfg.resume
-    loaded = ckpt.load_state(resume, config_hash, config) if resume else None  # before any write
+    loaded = (ckpt.load_state(resume, config_hash, config, world_size=ctx.world_size)
+              if resume else None)  # before any write
 
-    # -- seeds: every RNG the run touches; prompt jitter has its own generator
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    prompt_rng = torch.Generator().manual_seed(cfg.seed + 1)
+    # -- seeds: every RNG the run touches; prompt jitter has its own generator; one stream a rank
+    seed = cfg.seed + ddp.SEED_STRIDE * ctx.rank
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    prompt_rng = torch.Generator().manual_seed(seed + 1)
     deterministic = torch.are_deterministic_algorithms_enabled()
     if device.type == "cpu":  # CUDA would need CUBLAS_WORKSPACE_CONFIG and slower kernels
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -98,7 +113,8 @@ def train(model: PromptableModel, train_data: Dataset | Iterable[dict[str, Any]]
     if cfg.grad_checkpointing and hasattr(model, "set_grad_checkpointing"):
         model.set_grad_checkpointing(True)
     optimizer = build_optimizer(model.parameters(), cfg.optimizer, cfg.optimizer_kwargs)
-    n_batches = count_batches(train_data, cfg.batch_size)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    n_batches = count_batches(train_data, cfg.batch_size * ctx.world_size)  # global batches
     steps_per_epoch = math.ceil(n_batches / cfg.grad_accum)
     # The schedule's length comes from `epochs`; `max_steps` only cuts the run short (so a run
     # stopped at max_steps and resumed follows the uninterrupted run's lr exactly).
@@ -111,28 +127,37 @@ def train(model: PromptableModel, train_data: Dataset | Iterable[dict[str, Any]]
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     norm = make_normalizer(train_data, model)
     val_norm = make_normalizer(val_data, model) if val_data is not None else norm
+    val_part = ddp.shard(val_data, ctx)
 
-    run = _fresh_run(config, config_hash)  # position, best metric, early stopping, history
+    run = fresh_run(config, config_hash)  # position, best metric, early stopping, history
     if loaded is not None:
         ckpt.load_model_weights(model, loaded["model"])
         optimizer.load_state_dict(loaded["optimizer"])
         schedule.load_state_dict(loaded["scheduler"])
         scaler.load_state_dict(loaded["scaler"])
-        ckpt.set_rng_state(loaded["rng"], {"prompts": prompt_rng})
+        ckpt.set_rng_state(ckpt.rank_rng_state(loaded, ctx.rank), {"prompts": prompt_rng})
         run.update({k: loaded[k] for k in run if k not in ("config", "config_hash")})
-        logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume, run["step"],
-                    run["epoch"] + 1, run["batch_in_epoch"])
+        if ctx.is_main:
+            logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume, run["step"],
+                        run["epoch"] + 1, run["batch_in_epoch"])
+    ddp.broadcast_state(model, ctx)  # every rank starts from rank 0's weights
 
     def save(name: str) -> Path:
+        """Rank 0 writes (every rank takes part: their RNG states are gathered)."""
+        rngs = ddp.gather(ckpt.rng_state({"prompts": prompt_rng}), ctx)
+        if not ctx.is_main or rngs is None:
+            return out_dir / name
         state = {**run, "version": ckpt.CHECKPOINT_VERSION, "model": ckpt.model_weights(model),
                  "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
-                 "scaler": scaler.state_dict(), "rng": ckpt.rng_state({"prompts": prompt_rng})}
+                 "scaler": scaler.state_dict(), "rng": rngs[0], "world_size": ctx.world_size}
+        if ctx.enabled:
+            state["rng_ranks"] = rngs
         return ckpt.save_state(state, out_dir / name)
 
     last = out_dir / "last.pt"
     best = out_dir / "best.pt" if loaded is not None and (out_dir / "best.pt").is_file() else None
     if loaded is None:
-        if last.is_file():
+        if last.is_file() and ctx.is_main:
             logger.warning("%s exists and is replaced (resume=%s would continue that run)",
                            last, last)
         save("last.pt")
@@ -144,33 +169,37 @@ def train(model: PromptableModel, train_data: Dataset | Iterable[dict[str, Any]]
             sums = run["epoch_sums"]
             t0, seen, lr, window_losses = time.perf_counter(), 0, schedule.lrs(run["step"])[0], 0
             batches = epoch_batches(train_data, cfg.batch_size, cfg.seed, epoch, skip,
-                                    num_workers=cfg.num_workers)
-            bar = tqdm(batches, total=n_batches, initial=skip, disable=None, leave=False,
+                                    num_workers=cfg.num_workers, rank=ctx.rank,
+                                    world_size=ctx.world_size)
+            bar = tqdm(batches, total=n_batches, initial=skip, leave=False,
+                       disable=None if ctx.is_main else True,
                        desc=f"epoch {epoch + 1}/{cfg.epochs}")
             for i, batch in enumerate(bar, start=skip):
                 window = min(cfg.grad_accum, n_batches - i // cfg.grad_accum * cfg.grad_accum)
-                parts, _ = batch_loss(model, batch, cfg, norm, prompt_rng, device)
+                parts, n = batch_loss(model, batch, cfg, norm, prompt_rng, device)
+                pooled = ddp.pool_loss(parts, n, ctx, device)  # over all ranks' instances
                 seen += len(batch["images"])
-                if parts is not None:
-                    if not torch.isfinite(parts.total):
+                if pooled is not None:
+                    if not math.isfinite(pooled.total):
                         stopped = "nan"
-                        message = (f"loss is {parts.total.item()} at step {run['step'] + 1} "
+                        message = (f"loss is {pooled.total} at step {run['step'] + 1} "
                                    f"(epoch {epoch + 1}, batch {i + 1}); stopped, keeping the "
                                    f"last good checkpoint {last}")
                         break
-                    scaler.scale(parts.total / window).backward()
-                    sums["loss"] += parts.total.item()
-                    sums["seg"] += parts.seg.item()
-                    sums["iou"] += parts.iou.item()
+                    if parts is not None:  # weight n_rank / n: summed gradients = global mean
+                        loss = parts.total if pooled.weight == 1 else parts.total * pooled.weight
+                        scaler.scale(loss / window).backward()
+                    sums["loss"] += pooled.total
+                    sums["seg"] += pooled.seg
+                    sums["iou"] += pooled.iou
                     sums["batches"] += 1
                     window_losses += 1
                 if (i + 1) % cfg.grad_accum and i + 1 < n_batches:
                     continue
                 # -------------------------------------------------- optimizer step
+                ddp.sync_gradients(params, ctx)
                 scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    [p for g in optimizer.param_groups for p in g["params"]],
-                    cfg.grad_clip or math.inf)
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf)
                 if not torch.isfinite(grad_norm) and not scaler.is_enabled():
                     stopped = "nan"
                     message = (f"gradient norm is {grad_norm.item()} at step {run['step'] + 1} "
@@ -198,11 +227,14 @@ def train(model: PromptableModel, train_data: Dataset | Iterable[dict[str, Any]]
             # -------------------------------------------------------------- epoch end
             epoch_done = run["batch_in_epoch"] >= n_batches
             if epoch_done:
-                metrics = _epoch_metrics(sums, lr,
-                                         seen / max(time.perf_counter() - t0, 1e-9), device)
+                seen = ddp.all_sum([seen], ctx, device)[0]
+                metrics = epoch_metrics(sums, lr, seen / max(time.perf_counter() - t0, 1e-9),
+                                        device)
                 improved = False
                 if val_data is not None and (epoch + 1) % cfg.val_every == 0:
-                    dice = validate(model, val_data, cfg, val_norm, device)
+                    total, count = ddp.all_sum(validate_sums(model, val_part, cfg, val_norm,
+                                                             device), ctx, device)
+                    dice = total / count if count else math.nan
                     metrics["val_dice"] = run["last_val_dice"] = dice
                     schedule.validated(dice)
                     improved = dice > run["best_metric"] + cfg.min_delta
@@ -211,28 +243,32 @@ def train(model: PromptableModel, train_data: Dataset | Iterable[dict[str, Any]]
                         run["best_metric"], run["best_epoch"] = dice, epoch
                 run["history"].append({"epoch": float(epoch + 1), **metrics})
                 run["epoch"], run["batch_in_epoch"] = epoch + 1, 0
-                run["epoch_sums"] = _zero_sums()
-                if not _finite(model):
+                run["epoch_sums"] = zero_sums()
+                if not all_finite(model):
                     stopped, message = "nan", (f"non-finite weights after epoch {epoch + 1} "
                                                f"(step {run['step']}); stopped, keeping {last}")
                     break
                 save("last.pt")
                 if improved:
-                    best = ckpt.copy_state(last, out_dir / "best.pt")
-                if cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0:
+                    best = ckpt.copy_state(last, out_dir / "best.pt") if ctx.is_main else \
+                        out_dir / "best.pt"
+                if cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0 \
+                        and ctx.is_main:
                     ckpt.copy_state(last, out_dir / f"epoch_{epoch + 1:04d}.pt")
-                logger.info("epoch %d/%d: %s", epoch + 1, cfg.epochs,
-                            ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-                if callback is not None:
-                    callback("epoch", {"epoch": float(epoch + 1), **metrics}, run["step"])
-                if cfg.patience is not None and run["bad_validations"] >= cfg.patience:
+                if ctx.is_main:
+                    logger.info("epoch %d/%d: %s", epoch + 1, cfg.epochs,
+                                ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+                    if callback is not None:
+                        callback("epoch", {"epoch": float(epoch + 1), **metrics}, run["step"])
+                if cfg.patience is not None and ddp.agree(
+                        run["bad_validations"] >= cfg.patience, ctx, device):
                     stopped = "early_stopping"
                     message = (f"no val Dice gain > {cfg.min_delta} in {cfg.patience} validations"
                                f"; best {run['best_metric']:.4f} at epoch {run['best_epoch'] + 1}")
             at_max_steps = cfg.max_steps is not None and run["step"] >= cfg.max_steps
             if at_max_steps and stopped == "completed":
                 if not epoch_done:
-                    if not _finite(model):
+                    if not all_finite(model):
                         stopped, message = "nan", f"non-finite weights at step {run['step']}"
                         break
                     save("last.pt")
@@ -240,49 +276,15 @@ def train(model: PromptableModel, train_data: Dataset | Iterable[dict[str, Any]]
     finally:
         torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
-    if stopped == "nan":
+    ddp.barrier(ctx)  # rank 0's checkpoints are written before any rank returns their paths
+    best_dice = run["best_metric"] if math.isfinite(run["best_metric"]) else None
+    if stopped == "nan" and ctx.is_main:
         logger.error(message)
-    else:
+    elif ctx.is_main:
         logger.info("training stopped (%s) after %d epochs, %d steps: %s", stopped, run["epoch"],
                     run["step"], message or "all epochs done")
-    best_dice = run["best_metric"] if math.isfinite(run["best_metric"]) else None
-    if callback is not None:
+    if callback is not None and ctx.is_main:
         callback("end", {"best_val_dice": best_dice if best_dice is not None else float("nan"),
                          "epochs": float(run["epoch"]), "steps": float(run["step"])}, run["step"])
     return TrainResult(best, last, best_dice, run["epoch"], run["step"], list(run["history"]),
                        stopped, message)
-
-
-# --------------------------------------------------------------------------------- helpers
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device is 'cuda' but no CUDA device is available (use 'auto')")
-    return torch.device(name)
-
-
-def _zero_sums() -> dict[str, float]:
-    return {"loss": 0.0, "seg": 0.0, "iou": 0.0, "batches": 0}
-
-
-def _fresh_run(config: dict[str, Any], config_hash: str) -> dict[str, Any]:
-    """The loop's bookkeeping, stored as it is in every checkpoint."""
-    return {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_metric": -math.inf,
-            "best_epoch": -1, "bad_validations": 0, "last_val_dice": math.nan, "history": [],
-            "epoch_sums": _zero_sums(), "config": config, "config_hash": config_hash}
-
-
-def _epoch_metrics(sums: dict[str, float], lr: float, samples_per_s: float,
-                   device: torch.device) -> dict[str, float]:
-    n = max(sums["batches"], 1)
-    if device.type == "cuda":
-        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
-    else:  # ru_maxrss is in KiB on Linux
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"loss": sums["loss"] / n, "seg_loss": sums["seg"] / n, "iou_loss": sums["iou"] / n,
-            "lr": lr, "samples_per_s": samples_per_s, "peak_memory_mb": peak_mb}
-
-
-def _finite(model: torch.nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)

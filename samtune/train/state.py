@@ -4,6 +4,8 @@
     model          trainable parameters + persistent buffers (see `model_weights`)
     optimizer, scheduler, scaler   their state_dict()s ({} when absent)
     rng            python / numpy / torch CPU (/ CUDA) states and the loop's torch.Generators
+    rng_ranks      distributed runs: every rank's `rng`, by rank (`rank_rng_state`)
+    world_size     processes that trained (1 without distribution); a resume needs as many
     step, epoch, batch_in_epoch    position: optimizer steps done, the epoch under way and the
                    micro-batches of it already consumed (0 at an epoch boundary)
     best_metric, best_epoch, bad_validations   best val Dice and early-stopping counter
@@ -33,15 +35,16 @@ import torch
 from torch import nn
 
 __all__ = ["CHECKPOINT_VERSION", "UNHASHED_TRAIN_KEYS", "ConfigMismatchError", "config_hash",
-           "rng_state", "set_rng_state", "model_weights", "load_model_weights", "save_state",
-           "load_state", "copy_state"]
+           "rng_state", "set_rng_state", "rank_rng_state", "model_weights", "load_model_weights",
+           "save_state", "load_state", "copy_state"]
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 1
 # Train settings that may change when a run is resumed (length, resources, bookkeeping): they are
-# kept in the checkpoint's config but left out of its hash.
+# kept in the checkpoint's config but left out of its hash. (The number of processes matters, but
+# torchrun, not the config, decides it: the checkpoint's `world_size` is checked instead.)
 UNHASHED_TRAIN_KEYS = ("epochs", "max_steps", "resume", "num_workers", "device", "cache_dir",
-                       "checkpoint_every", "qc_every")
+                       "checkpoint_every", "qc_every", "distributed")
 
 
 class ConfigMismatchError(ValueError):
@@ -107,6 +110,13 @@ def set_rng_state(state: Mapping[str, Any],
         gen.set_state(state["generators"][name])
 
 
+def rank_rng_state(state: Mapping[str, Any], rank: int) -> Mapping[str, Any]:
+    """This rank's RNG states from a checkpoint dict: `rng_ranks[rank]` when written by a
+    distributed run, else `rng`."""
+    ranks = state.get("rng_ranks")
+    return ranks[rank] if ranks else state["rng"]
+
+
 # ---------------------------------------------------------------------------- model weights
 def model_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """Trainable parameters + persistent buffers, detached CPU clones, by state-dict name."""
@@ -168,10 +178,12 @@ def copy_state(src: Path, dst: Path) -> Path:
 
 def load_state(path: Path, expected_config_hash: str | None = None,
                expected_config: Mapping[str, Any] | None = None,
-               map_location: str | torch.device = "cpu") -> dict[str, Any]:
+               map_location: str | torch.device = "cpu", *,
+               world_size: int | None = None) -> dict[str, Any]:
     """Read a checkpoint (`weights_only=True`). With `expected_config_hash`, a checkpoint of
     another config raises ConfigMismatchError naming both hashes (and, given `expected_config`,
-    the differing keys) before the caller has touched anything."""
+    the differing keys) before the caller has touched anything; with `world_size`, so does one
+    written by another number of processes (the data order and the RNG streams depend on it)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
@@ -189,4 +201,10 @@ def load_state(path: Path, expected_config_hash: str | None = None,
             f"cannot resume from {path}: it was written with config {state['config_hash']}, this "
             f"run's config is {expected_config_hash}{diff}. Resume with the same config, or start "
             "a new run in another output folder")
+    written_by = state.get("world_size", 1)
+    if world_size is not None and written_by != world_size:
+        raise ConfigMismatchError(
+            f"cannot resume from {path}: it was written by {written_by} training process(es), "
+            f"this run has {world_size}; resume with torchrun --nproc_per_node {written_by} "
+            f"(train.distributed.nproc {written_by}), or start a new run")
     return state

@@ -22,8 +22,9 @@ from samtune.train.data import collate, normalize
 from samtune.train.embedding_cache import encoder_is_frozen
 from samtune.train.losses import LossParts, sam_loss
 
-__all__ = ["batch_order", "count_batches", "epoch_batches", "make_normalizer", "autocast",
-           "embed", "predict_instances", "batch_loss", "dice_per_instance", "validate"]
+__all__ = ["batch_order", "local_part", "count_batches", "epoch_batches", "make_normalizer",
+           "autocast", "embed", "predict_instances", "batch_loss", "dice_per_instance",
+           "validate", "validate_sums"]
 logger = logging.getLogger(__name__)
 
 Batch = dict[str, Any]
@@ -38,6 +39,30 @@ def batch_order(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int
     return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
+def local_part(n: int, rank: int, world_size: int) -> slice:
+    """This rank's contiguous part of a global batch of n: sizes differ by at most one, so a
+    full global batch of world_size·b gives every rank b (a short last one may give 0)."""
+    return slice(n * rank // world_size, n * (rank + 1) // world_size)
+
+
+def _local_batch(batch: Batch, rank: int, world_size: int) -> Batch:
+    """This rank's part of a ready (collated) batch: tensors, lists and Embeddings sliced."""
+    n = len(batch["images"])
+    part = local_part(n, rank, world_size)
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, Embeddings):
+            value = Embeddings(value.image[part], [h[part] for h in value.high_res])
+        elif isinstance(value, (torch.Tensor, list, tuple)) and len(value) == n:
+            value = value[part]
+        out[key] = value
+    return out
+
+
+EMPTY_BATCH: Batch = {"images": torch.zeros(0, 3, 0, 0), "masks": [], "labels": [],
+                      "image_ids": [], "case_ids": [], "keys": []}
+
+
 def count_batches(data: Dataset | Iterable[Batch], batch_size: int) -> int:
     if isinstance(data, Dataset):
         return -(-len(data) // batch_size)  # type: ignore[arg-type]
@@ -45,26 +70,36 @@ def count_batches(data: Dataset | Iterable[Batch], batch_size: int) -> int:
 
 
 def epoch_batches(data: Dataset | Iterable[Batch], batch_size: int, seed: int, epoch: int,
-                  skip: int = 0, shuffle: bool = True, num_workers: int = 0) -> Iterator[Batch]:
-    """Batches of one epoch from the `skip`-th on.
+                  skip: int = 0, shuffle: bool = True, num_workers: int = 0, *, rank: int = 0,
+                  world_size: int = 1) -> Iterator[Batch]:
+    """This rank's batches of one epoch from the `skip`-th on.
 
     A map-style Dataset (items as `SliceDataset`'s) is batched here in `batch_order` (or in
     index order without shuffle) with `collate`. Anything else is an iterable of ready batches
     used as it is (its `set_epoch(epoch)` is called when it has one): it must give the same
-    batches for the same epoch for a resume to be exact; skipped batches are still loaded."""
+    batches for the same epoch for a resume to be exact; skipped batches are still loaded.
+
+    Distributed: global batches of batch_size·world_size are formed as above and each rank
+    takes its `local_part` (ready batches are sliced the same way), so N ranks see together
+    exactly the slices one process sees with N times the batch. A rank whose part of a short
+    last batch is empty gets `EMPTY_BATCH`."""
     if isinstance(data, Dataset):
-        n = len(data)  # type: ignore[arg-type]
-        order = batch_order(n, batch_size, seed, epoch) if shuffle else \
-            [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+        n, size = len(data), batch_size * world_size  # type: ignore[arg-type]
+        order = batch_order(n, size, seed, epoch) if shuffle else \
+            [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+        local = [b[local_part(len(b), rank, world_size)] for b in order[skip:]]
         # Its own generator: creating the iterator then draws the workers' base seed from it,
         # not from the global torch RNG (which dropout uses), and the same one every resume.
         gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 1)
-        loader = DataLoader(data, batch_sampler=order[skip:], collate_fn=collate,
-                            num_workers=num_workers, generator=gen)
-        return iter(loader)
+        loader = iter(DataLoader(data, batch_sampler=[b for b in local if b], collate_fn=collate,
+                                 num_workers=num_workers, generator=gen))
+        return loader if all(local) else (next(loader) if b else {**EMPTY_BATCH} for b in local)
     if hasattr(data, "set_epoch"):
         data.set_epoch(epoch)  # type: ignore[union-attr]
-    return islice(iter(data), skip, None)
+    batches = islice(iter(data), skip, None)
+    if world_size == 1:
+        return batches
+    return (_local_batch(b, rank, world_size) for b in batches)
 
 
 # ---------------------------------------------------------------------------- forward pass
@@ -146,6 +181,8 @@ def batch_loss(model: PromptableModel, batch: Batch, cfg: TrainConfig,
                norm: Callable[[torch.Tensor], torch.Tensor], generator: torch.Generator,
                device: torch.device) -> tuple[LossParts | None, int]:
     """Forward one (micro-)batch → (loss parts or None when it has no instance, instances)."""
+    if not any(len(m) for m in batch["masks"]):  # nothing to prompt: skip the encoder too
+        return None, 0
     with autocast(device, cfg.amp):
         emb = embed(model, batch, norm, device)
         logits, iou, target = predict_instances(model, emb, batch, cfg.prompts, generator,
@@ -166,12 +203,20 @@ def dice_per_instance(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
 
 
-@torch.no_grad()
 def validate(model: PromptableModel, data: Dataset | Iterable[Batch], cfg: TrainConfig,
              norm: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> float:
     """Mean Dice over every instance of `data` with tight ground-truth box prompts (no jitter,
     no points; the best of M by predicted IoU when multimask). Slices without instances do not
     count (they have nothing to prompt). NaN when `data` has no instance."""
+    total, count = validate_sums(model, data, cfg, norm, device)
+    return total / count if count else float("nan")
+
+
+@torch.no_grad()
+def validate_sums(model: PromptableModel, data: Dataset | Iterable[Batch], cfg: TrainConfig,
+                  norm: Callable[[torch.Tensor], torch.Tensor],
+                  device: torch.device) -> tuple[float, int]:
+    """(sum of the instances' Dice, instances) of `validate`: shards of the val data add up."""
     box_only = PromptConfig(box=True, bbox_shift=0, multimask=cfg.prompts.multimask)
     generator = torch.Generator().manual_seed(0)  # boxes without jitter draw nothing random
     was_training = model.training
@@ -189,4 +234,7 @@ def validate(model: PromptableModel, data: Dataset | Iterable[Batch], cfg: Train
                 dices.append(dice_per_instance(best[:, 0].float(), target).cpu())
     finally:
         model.train(was_training)
-    return float(torch.cat(dices).mean()) if dices else float("nan")
+    if not dices:
+        return 0.0, 0
+    all_dices = torch.cat(dices).double()
+    return float(all_dices.sum()), len(all_dices)

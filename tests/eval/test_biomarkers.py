@@ -130,8 +130,9 @@ def test_lesion_count_and_volumes_with_min_size() -> None:
     assert lesion_volumes_ml(mask, sp) == pytest.approx([0.064, 0.016])
     assert BIOMARKERS["lesion_count"].fn(mask, sp, min_size_mm3=1.0)["count"] == 3.0
     assert BIOMARKERS["lesion_count"].fn(mask, sp, min_size_mm3=20.0)["count"] == 1.0
-    mask[24, 24, 14] = True  # touches the 16 mm³ cube at a corner only: 26-connected, merged
-    assert BIOMARKERS["lesion_count"].fn(mask, sp, min_size_mm3=1.0)["count"] == 3.0
+    mask[24, 24, 14] = True  # one voxel touching the 16 mm³ cube at a corner: merged (26-conn.)
+    assert BIOMARKERS["lesion_count"].fn(mask, sp, min_size_mm3=0.1)["count"] == 3.0
+    assert lesion_volumes_ml(mask, sp, 0.1) == pytest.approx([0.064, 0.01625, 0.002])
 
 
 def test_qmap_mean_and_median() -> None:
@@ -150,6 +151,10 @@ def test_qmap_mean_and_median() -> None:
         BIOMARKERS["qmap_mean"].fn(mask, sp)
     with pytest.raises(ValueError, match="qmap shape"):
         BIOMARKERS["qmap_median"].fn(mask, sp, qmap=constant[:, :, :5])
+    with pytest.raises(ValueError, match="qmap_mean need a quantitative map"):
+        compute_biomarkers(mask, mask, sp, {"volume_ml": True, "qmap_mean": True})
+    rows = compute_biomarkers(mask, np.zeros_like(mask), sp, {"qmap_mean": True}, qmap=constant)
+    assert rows[0]["pred"] == 42.0 and math.isnan(rows[0]["gt"]) and rows[0]["rel_error"] is None
 
 
 def test_empty_mask_extensive_zero_intensive_nan() -> None:

@@ -28,7 +28,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedP
             f"train.cache_dir={tmp / 'cache'}", "data.phantoms.n_normal=2",
             "data.phantoms.n_diseased=2", "data.phantoms.shape=[48,48,24]", "convert.img_size=128",
             "model.img_size=128", "train.epochs=1", "train.batch_size=4", "registry.model_name=ft-test",
-            "registry.floor=0.0", "eval.model_uri=models:/ft-test@champion"]
+            "registry.floor=0.0", "eval.model_uri=models:/ft-test@champion", "train.qc_every=1"]
     return _run_cli("finetune", sets, env), tmp
 
 
@@ -65,6 +65,7 @@ def test_finetune_runs_end_to_end_and_reports_dice_vs_box_fill(run) -> None:
     assert (out / "training" / "weights" / "full.pt").is_file()
     assert (out / "training" / "curves.png").is_file()
     assert any((out / "qc").glob("*.png"))
+    assert any((out / "training" / "qc").glob("epoch_0001_*.png"))  # QC during training
 
 
 def test_model_registered_with_tags_and_linked_to_zenml(run) -> None:
