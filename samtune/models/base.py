@@ -46,12 +46,14 @@ class Embeddings:
 
     image: torch.Tensor
     high_res: list[torch.Tensor] = field(default_factory=list)
+    raw: bool = False  # backbone output that `PromptableModel.finish` has not projected yet
 
     def select(self, b: int) -> "Embeddings":
-        return Embeddings(self.image[b:b + 1], [h[b:b + 1] for h in self.high_res])
+        return Embeddings(self.image[b:b + 1], [h[b:b + 1] for h in self.high_res], self.raw)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Embeddings":
-        return Embeddings(self.image.to(device, dtype), [h.to(device, dtype) for h in self.high_res])
+        return Embeddings(self.image.to(device, dtype), [h.to(device, dtype) for h in self.high_res],
+                          self.raw)
 
 
 class PromptableModel(nn.Module):
@@ -77,6 +79,16 @@ class PromptableModel(nn.Module):
     def encode(self, images: torch.Tensor) -> Embeddings:
         """B×3×S×S normalised → embeddings."""
         raise NotImplementedError
+
+    def encode_backbone(self, images: torch.Tensor) -> Embeddings:
+        """The part of `encode` that belongs to the image encoder alone (what a frozen-encoder
+        embedding cache stores); `finish` turns it into `encode`'s output. Default: all of it."""
+        return self.encode(images)
+
+    def finish(self, emb: Embeddings) -> Embeddings:
+        """Apply the trainable projections that follow the backbone (SAM2: conv_s0/conv_s1 and
+        no_mem_embed) to raw embeddings; others pass through."""
+        return emb
 
     def decode(self, emb: Embeddings, b: int, prompts: Prompts,
                multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -85,18 +85,32 @@ class Sam2Wrapper(PromptableModel):
 
     def encode(self, images: torch.Tensor) -> Embeddings:
         """B×3×S×S normalised → Embeddings(image B×C×S/16×S/16, high_res: S/4 and S/8 levels)."""
+        return self.finish(self.encode_backbone(images))
+
+    def encode_backbone(self, images: torch.Tensor) -> Embeddings:
+        """Hiera trunk + FPN neck only (the image encoder): raw levels, not yet projected."""
         enc = self.image_encoder
         features, _pos = enc.neck(self._trunk(images))
         if enc.scalp > 0:  # ImageEncoder.forward drops the lowest-resolution levels
             features = features[:-enc.scalp]
         levels = features[-self.num_feature_levels:]
-        if self.use_high_res_features:  # SAM2Base.forward_image
-            levels[0] = self.sam_mask_decoder.conv_s0(levels[0])
-            levels[1] = self.sam_mask_decoder.conv_s1(levels[1])
-        image = levels[-1]
-        if self.directly_add_no_mem_embed:  # SAM2ImagePredictor.set_image
-            image = image + self.no_mem_embed.view(1, -1, 1, 1)
-        return Embeddings(image, list(levels[:-1]))
+        return Embeddings(levels[-1], list(levels[:-1]), raw=True)
+
+    def finish(self, emb: Embeddings) -> Embeddings:
+        """conv_s0/conv_s1 on the high-res levels (SAM2Base.forward_image) and no_mem_embed
+        (SAM2ImagePredictor.set_image): they belong to the decoder side, so they train with it."""
+        if not emb.raw:
+            return emb
+        dtype = self.sam_mask_decoder.conv_s0.weight.dtype if self.use_high_res_features \
+            else emb.image.dtype
+        high = [h.to(dtype) for h in emb.high_res]
+        if self.use_high_res_features:
+            high[0] = self.sam_mask_decoder.conv_s0(high[0])
+            high[1] = self.sam_mask_decoder.conv_s1(high[1])
+        image = emb.image
+        if self.directly_add_no_mem_embed:
+            image = image + self.no_mem_embed.view(1, -1, 1, 1).to(image.dtype)
+        return Embeddings(image, high)
 
     def decode(self, emb: Embeddings, b: int, prompts: Prompts,
                multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,6 +118,8 @@ class Sam2Wrapper(PromptableModel):
         (boxes become two points labelled 2 and 3, placed before the clicks)."""
         # Run the heads in their own precision (cached embeddings may be bf16/fp16).
         dtype = self.sam_mask_decoder.iou_token.weight.dtype
+        if emb.raw:  # from a frozen-encoder cache: project this image's levels now
+            emb, b = self.finish(emb.select(b)), 0
         image = emb.image[b:b + 1].to(dtype)
         m = 3 if multimask else 1
         n = len(prompts)

@@ -68,27 +68,19 @@ def preprocess_key(img_size: int, mean: Sequence[float], std: Sequence[float]) -
 
 
 def encoder_state(model: PromptableModel) -> dict[str, torch.Tensor]:
-    """Every tensor `model.encode` depends on, by name: the image encoder's state, plus (SAM2)
-    the mask decoder's conv_s0/conv_s1 that `Sam2Wrapper.encode` applies to the high-res levels
-    and `no_mem_embed`. A wrapper may list its own with `encode_modules()` → {prefix: module}."""
+    """Every tensor `model.encode_backbone` (what the cache stores) depends on, by name: the
+    image encoder's state. SAM2's conv_s0/conv_s1 and no_mem_embed come after, in
+    `Sam2Wrapper.finish`, so they may train over cached embeddings. A wrapper may list its own
+    with `encode_modules()` → {prefix: module}."""
     custom = getattr(model, "encode_modules", None)
     modules = dict(custom()) if callable(custom) else {"image_encoder": model.image_encoder}
-    if not callable(custom):
-        decoder = model.mask_decoder
-        if getattr(model, "use_high_res_features", False):
-            for conv in ("conv_s0", "conv_s1"):
-                if isinstance(getattr(decoder, conv, None), nn.Module):
-                    modules[f"mask_decoder.{conv}"] = getattr(decoder, conv)
-    state = {f"{prefix}.{k}": v for prefix, mod in modules.items()
-             for k, v in mod.state_dict(keep_vars=True).items()}
-    if not callable(custom) and isinstance(getattr(model, "no_mem_embed", None), torch.Tensor):
-        state["no_mem_embed"] = model.no_mem_embed
-    return state
+    return {f"{prefix}.{k}": v for prefix, mod in modules.items()
+            for k, v in mod.state_dict(keep_vars=True).items()}
 
 
 def encoder_is_frozen(model: PromptableModel) -> bool:
-    """True when nothing `encode` depends on is trainable (`encoder_state`): a LoRA-adapted
-    encoder is not frozen, nor is a SAM2 whose mask decoder (conv_s0/conv_s1) trains."""
+    """True when nothing `encode_backbone` depends on is trainable (`encoder_state`): a
+    LoRA-adapted encoder is not frozen."""
     return not any(getattr(t, "requires_grad", False) for t in encoder_state(model).values())
 
 
@@ -112,15 +104,16 @@ class EmbeddingStore:
         except Exception as exc:  # truncated/corrupt file: recompute rather than fail a run
             logger.warning("%s: unreadable cached embedding (%s); recomputing", path, exc)
             return None
-        return Embeddings(data["image"][None].to(dtype), [h[None].to(dtype)
-                                                          for h in data["high_res"]])
+        return Embeddings(data["image"][None].to(dtype),
+                          [h[None].to(dtype) for h in data["high_res"]], bool(data.get("raw")))
 
     def save(self, key: str, emb: Embeddings) -> None:
         """Write one slice's embedding (batch 1) as fp16, atomically (temp file + rename)."""
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         data = {"image": emb.image[0].detach().to("cpu", torch.float16).clone(),
-                "high_res": [h[0].detach().to("cpu", torch.float16).clone() for h in emb.high_res]}
+                "high_res": [h[0].detach().to("cpu", torch.float16).clone() for h in emb.high_res],
+                "raw": emb.raw}
         _write_atomic(path, lambda f: torch.save(data, f))
 
 
@@ -179,7 +172,7 @@ class EmbeddingCache:
             self.model.eval()
             try:
                 with torch.no_grad():
-                    emb = self.model.encode(images[missing])
+                    emb = self.model.encode_backbone(images[missing])
             finally:
                 self.model.train(was_training)
             for j, i in enumerate(missing):
@@ -226,7 +219,8 @@ class EmbeddingCache:
 
 def _cat(embs: Sequence[Embeddings]) -> Embeddings:
     return Embeddings(torch.cat([e.image for e in embs]),
-                      [torch.cat(level) for level in zip(*(e.high_res for e in embs))])
+                      [torch.cat(level) for level in zip(*(e.high_res for e in embs))],
+                      embs[0].raw)
 
 
 class CachedEmbeddingDataset(Dataset):

@@ -52,7 +52,7 @@ def _local_batch(batch: Batch, rank: int, world_size: int) -> Batch:
     out = {}
     for key, value in batch.items():
         if isinstance(value, Embeddings):
-            value = Embeddings(value.image[part], [h[part] for h in value.high_res])
+            value = Embeddings(value.image[part], [h[part] for h in value.high_res], value.raw)
         elif isinstance(value, (torch.Tensor, list, tuple)) and len(value) == n:
             value = value[part]
         out[key] = value

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from samtune.models.base import Embeddings, PromptableModel
+from samtune.models.base import Embeddings, PromptableModel, Prompts
 from samtune.models.registry import build_architecture
 from samtune.train.data import SliceDataset, collate, make_loader, normalize
 from samtune.train.embedding_cache import (CachedEmbeddingDataset, EmbeddingCache,
@@ -98,7 +98,7 @@ def test_image_content_changes_the_slice_key(tmp_path):
     assert cache.build(ds, 2, lambda x: normalize(x, *IMAGENET))["computed"] == 1
 
 
-def test_sam2_high_res_levels_are_cached_and_keyed(tmp_path):
+def test_sam2_raw_levels_are_cached_and_projected_at_decode(tmp_path):
     torch.manual_seed(0)
     model = build_architecture("sam2_tiny", S).eval()
     model.requires_grad_(False)
@@ -107,30 +107,38 @@ def test_sam2_high_res_levels_are_cached_and_keyed(tmp_path):
     images = torch.randn(2, 3, S, S)
     first = cache.get_or_compute(images, ["x", "y"])
     again = cache.get_or_compute(images, ["x", "y"])
-    assert (cache.misses, cache.hits) == (2, 2)
-    assert [tuple(h.shape) for h in again.high_res] == [(2, 8, 16, 16), (2, 16, 8, 8)]
-    with torch.no_grad():
+    assert (cache.misses, cache.hits) == (2, 2) and again.raw
+    with torch.no_grad():  # the cache holds the neck's levels, before conv_s0 / conv_s1
+        raw = model.encode_backbone(images)
         exact = model.encode(images)
-    for a, b, c in zip(first.high_res, again.high_res, exact.high_res):
-        assert torch.equal(a, b) and torch.allclose(a, c, atol=1e-2, rtol=1e-2)
-    # encode applies the mask decoder's conv_s0 and adds no_mem_embed: both are key parts
-    assert {"mask_decoder.conv_s0.weight", "no_mem_embed"} <= encoder_state(model).keys()
+    assert [h.shape for h in again.high_res] == [h.shape for h in raw.high_res]
+    for a, b in zip(again.high_res, raw.high_res):
+        assert torch.allclose(a, b, atol=1e-2, rtol=1e-2)
+    finished = model.finish(again)
+    for a, c in zip(finished.high_res, exact.high_res):
+        assert torch.allclose(a, c, atol=2e-2, rtol=2e-2)
+    box = Prompts(boxes=torch.tensor([[4.0, 4.0, 40.0, 40.0]]))
+    with torch.no_grad():  # decoding raw cached embeddings = decoding encode()'s output
+        from_cache, _ = model.decode(again, 1, box)
+        direct, _ = model.decode(exact, 1, box)
+    assert torch.allclose(from_cache, direct, atol=5e-2, rtol=5e-2)
+    # conv_s0 and no_mem_embed are applied after the cache: not key parts (they may train)
+    assert not {"mask_decoder.conv_s0.weight", "no_mem_embed"} & encoder_state(model).keys()
     with torch.no_grad():
         model.mask_decoder.conv_s0.bias[0] += 1.0
-    assert EmbeddingCache(tmp_path, model, key).folder != cache.folder
-    with torch.no_grad():
         model.no_mem_embed += 1.0
-    assert len({p.name for p in tmp_path.iterdir()}) == 2
-    assert EmbeddingCache(tmp_path, model, key).store.load("x") is None
+    assert EmbeddingCache(tmp_path, model, key).folder == cache.folder
+    with torch.no_grad():
+        next(model.image_encoder.parameters()).add_(1.0)  # the encoder is: a new folder
+    assert EmbeddingCache(tmp_path, model, key).folder != cache.folder
 
 
-def test_sam2_with_a_training_decoder_is_not_frozen():
+def test_sam2_frozen_encoder_with_training_decoder_gets_the_cache():
     model = build_architecture("sam2_tiny", S)
     model.image_encoder.requires_grad_(False)  # method frozen: the decoder (conv_s0/s1) trains
-    assert not encoder_is_frozen(model)
-    model.mask_decoder.requires_grad_(False)
-    model.no_mem_embed.requires_grad_(False)
     assert encoder_is_frozen(model)
+    model.image_encoder.requires_grad_(True)
+    assert not encoder_is_frozen(model)
 
 
 def test_cached_dataset_and_with_embeddings(tmp_path):
