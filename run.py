@@ -109,6 +109,9 @@ def _check(cfg: Config) -> int:
 
 
 def run_pipeline(cfg: Config, name: str, no_cache: bool, verbose: bool) -> int:
+    if cfg.schedule.cron and cfg.stack.kind == "local":
+        raise ConfigError("schedule.cron: the local stack has no scheduler; run by hand or from "
+                          "cron (README), or use stack.kind kubernetes")
     from stacks.local import configure_environment, ensure_stack, prepare_experiment
 
     home = configure_environment(cfg.stack, REPO)
@@ -119,7 +122,8 @@ def run_pipeline(cfg: Config, name: str, no_cache: bool, verbose: bool) -> int:
         for handler in [h for h in root.handlers if type(h) is logging.StreamHandler]:
             root.removeHandler(handler)  # zenml prints to the console itself: print once
     if not verbose:  # a failed step's message is reported once, below, without a traceback
-        quiet = ("zenml.orchestrators.local.local_orchestrator", "zenml.orchestrators.step_launcher")
+        quiet = ("zenml.orchestrators.local.local_orchestrator",
+                 "zenml.orchestrators.step_launcher")
         for handler in root.handlers:
             handler.addFilter(lambda r: r.name not in quiet or r.levelno < logging.ERROR)
     # FAIL_FAST re-raises the failing step's own exception (a DataError names file and problem)
@@ -132,12 +136,8 @@ def run_pipeline(cfg: Config, name: str, no_cache: bool, verbose: bool) -> int:
     else:
         ensure_stack(cfg.stack, home)
         prepare_experiment(cfg.stack, home, name)
-    if cfg.schedule.cron:
-        if cfg.stack.kind == "local":
-            raise ConfigError("schedule.cron: the local stack has no scheduler; run by hand or "
-                              "from cron (README), or use stack.kind kubernetes")
+    if cfg.schedule.cron:  # a ZenML schedule: a CronJob through the Kubernetes orchestrator
         from zenml.config.schedule import Schedule
-
         options["schedule"] = Schedule(cron_expression=cfg.schedule.cron)
     module = importlib.import_module(PIPELINES[name].module)
     if name in ("finetune", "retrain"):  # the ZenML Model Control Plane version it produces

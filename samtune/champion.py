@@ -85,14 +85,16 @@ def volume_scorer(cases: list, convert_cfg: object, eval_cfg: object, classes: d
     from samtune.eval.model_source import load_model
     from samtune.eval.volume_eval import evaluate_volumes
 
-    light = eval_cfg.model_copy(update={"save_predictions": False, "biomarkers": {},  # type: ignore[attr-defined]
-                                        "slice_metrics": False, "qc_cases": 0})
+    light = eval_cfg.model_copy(  # type: ignore[attr-defined]
+        update={"save_predictions": False, "biomarkers": {}, "slice_metrics": False,
+                "qc_cases": 0})
 
     def score(model_uri: str) -> Mapping[str, float]:
         loaded = load_model(ModelConfig(), model_uri)
         folder = Path(out_dir) / model_uri.replace(":/", "_").replace("/", "_").replace("@", "_")
-        result = evaluate_volumes(loaded, cases, convert_cfg, light, folder, classes,  # type: ignore[arg-type]
-                                  title=f"promotion scoring — {model_uri}")
+        result = evaluate_volumes(  # type: ignore[arg-type]
+            loaded, cases, convert_cfg, light, folder, classes,
+            title=f"promotion scoring — {model_uri}")
         return result.per_volume_dice()
 
     return score

@@ -106,7 +106,9 @@ class SlicePredictor:
         """K×S×S bool on the slice grid → K×s×s bool on the model grid (nearest)."""
         t = torch.from_numpy(masks).to(self.device, torch.uint8)[None]
         s = self.model.img_size
-        return F.interpolate(t, (s, s), mode="nearest")[0].bool() if t.shape[-1] != s else t[0].bool()
+        if t.shape[-1] == s:
+            return t[0].bool()
+        return F.interpolate(t, (s, s), mode="nearest")[0].bool()
 
     def decode(self, emb: Embeddings | None, b: int, gt: np.ndarray | None,
                prompt_cfg: PromptConfig, generator: torch.Generator, *,
@@ -179,4 +181,5 @@ def predict_with_gt_prompts(predictor: SlicePredictor, grid: SliceGrid,
 
 def describe(instances: dict[int, Instances]) -> dict[str, Any]:
     """Counts for logs: slices with instances, instances (prompts)."""
-    return {"slices": len(instances), "prompts": int(sum(len(i.labels) for i in instances.values()))}
+    return {"slices": len(instances),
+            "prompts": int(sum(len(i.labels) for i in instances.values()))}

@@ -74,7 +74,8 @@ def split_cases(cases: Sequence[Case], dataset_dir: Path, split: str) -> list[Ca
     """The cases of `split` ("all": every case of the split table), in case-id order, from the
     export's splits.json."""
     table = json.loads((Path(dataset_dir) / "splits.json").read_text())["cases"]
-    chosen = [c for c in cases if c.case_id in table and (split == "all" or table[c.case_id] == split)]
+    chosen = [c for c in cases
+              if c.case_id in table and (split == "all" or table[c.case_id] == split)]
     return sorted(chosen, key=lambda c: c.case_id)
 
 

@@ -52,8 +52,8 @@ class Embeddings:
         return Embeddings(self.image[b:b + 1], [h[b:b + 1] for h in self.high_res], self.raw)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Embeddings":
-        return Embeddings(self.image.to(device, dtype), [h.to(device, dtype) for h in self.high_res],
-                          self.raw)
+        return Embeddings(self.image.to(device, dtype),
+                          [h.to(device, dtype) for h in self.high_res], self.raw)
 
 
 class PromptableModel(nn.Module):

@@ -27,7 +27,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedP
     sets = [f"stack.home={tmp / 'state'}", f"output_dir={tmp / 'out'}", f"data.root={tmp / 'data'}",
             f"train.cache_dir={tmp / 'cache'}", "data.phantoms.n_normal=2",
             "data.phantoms.n_diseased=2", "data.phantoms.shape=[48,48,24]", "convert.img_size=128",
-            "model.img_size=128", "train.epochs=1", "train.batch_size=4", "registry.model_name=ft-test",
+            "model.img_size=128", "train.epochs=1", "train.batch_size=4",
+            "registry.model_name=ft-test",
             "registry.floor=0.0", "eval.model_uri=models:/ft-test@champion", "train.qc_every=1"]
     return _run_cli("finetune", sets, env), tmp
 
@@ -113,7 +114,8 @@ def test_retrain_on_unchanged_data_skips_training(later_runs) -> None:
     proc = later_runs["retrain"]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = proc.stdout + proc.stderr
-    assert "training skipped" in text and "train_model" not in proc.stdout.split("check_retrain")[-1]
+    assert "training skipped" in text
+    assert "train_model" not in proc.stdout.split("check_retrain")[-1]
 
 
 def test_evaluate_champion_from_its_mlflow_uri(later_runs, run) -> None:
