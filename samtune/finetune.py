@@ -152,7 +152,8 @@ def evaluate_bundle(bundle: ModelBundle, dataset_dir: Path, eval_cfg: EvalConfig
     if len(dataset) == 0:
         raise ValueError(f"{dataset_dir}: no slices in split(s) {splits} to evaluate")
     report = evaluate_slices(model, dataset, batch_size=eval_cfg.batch_size, device=device,
-                             qc_slices=qc_slices if qc_dir else 0)
+                             qc_slices=qc_slices if qc_dir else 0,
+                             bbox_shift=eval_cfg.bbox_shift, seed=eval_cfg.seed)
     for i, qc in enumerate(report.qc):
         qc_overlay(qc["image"], qc["gt_masks"], {"boxes": qc["boxes"]}, qc["pred_masks"],
                    Path(qc_dir) / f"qc_{i:02d}_{qc['case_id']}_{qc['image_id']}.png")

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from samtune.models.base import PromptableModel, Prompts
-from samtune.models.prompts import box_from_mask, boxes_to_mask
+from samtune.models.prompts import box_from_mask, boxes_to_mask, jitter_boxes
 
 log = logging.getLogger(__name__)
 
@@ -197,11 +197,17 @@ def _normalize(model: PromptableModel, images: torch.Tensor, stats: Any) -> torc
     return (images - mean) / std
 
 
-def _predict_slice(model: PromptableModel, emb: Any, b: int, gt: torch.Tensor
+def _predict_slice(model: PromptableModel, emb: Any, b: int, gt: torch.Tensor, shift: int = 0,
+                   generator: torch.Generator | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Image b's non-empty instances K×S×S → (tight boxes K×4, prediction K×S×S bool,
-    box-fill baseline K×S×S bool), all prompts decoded against the one embedding."""
+    """Image b's non-empty instances K×S×S → (boxes K×4, prediction K×S×S bool, box-fill
+    baseline K×S×S bool), all prompts decoded against the one embedding. Boxes are tight, or
+    each side moved outwards by up to `shift` pixels (a user's box); the baseline fills the
+    very box the model is given."""
     boxes, baseline = box_fill(gt)
+    if shift:
+        boxes = jitter_boxes(boxes, shift, gt.shape[-1], generator or torch.Generator())
+        baseline = boxes_to_mask(boxes, tuple(gt.shape[-2:]))
     logits, _ = model.decode(emb, b, Prompts(boxes=boxes))
     pred = torch.sigmoid(model.upscale(logits)[:, 0].float()) > 0.5
     return boxes, pred, baseline
@@ -222,7 +228,8 @@ def _instances(item: Mapping[str, Any], report: SliceReport
 
 
 def _evaluate_batch(model: PromptableModel, items: list[Mapping[str, Any]], acc: SliceMetrics,
-                    dev: torch.device, stats: Any) -> None:
+                    dev: torch.device, stats: Any, shift: int = 0,
+                    generator: torch.Generator | None = None) -> None:
     """One encoder pass over the batch's slices that have instances, then one decode per slice."""
     kept = [(it, *inst) for it in items if (inst := _instances(it, acc.report)) is not None]
     if not kept:
@@ -231,7 +238,7 @@ def _evaluate_batch(model: PromptableModel, items: list[Mapping[str, Any]], acc:
     emb = model.encode(_normalize(model, images, stats))
     for b, (it, gt, labels) in enumerate(kept):
         gt = gt.to(dev)
-        boxes, pred, baseline = _predict_slice(model, emb, b, gt)
+        boxes, pred, baseline = _predict_slice(model, emb, b, gt, shift, generator)
         acc.add(it["image_id"], str(it["case_id"]), labels, gt, pred, baseline)
         if len(acc.report.qc) < acc.qc_slices:
             image = it["image"].permute(1, 2, 0).clamp(0, 255).round().to(torch.uint8)
@@ -242,7 +249,8 @@ def _evaluate_batch(model: PromptableModel, items: list[Mapping[str, Any]], acc:
 
 
 def evaluate_slices(model: PromptableModel, dataset: Any, *, batch_size: int,
-                    device: str | torch.device = "auto", qc_slices: int = 0) -> SliceReport:
+                    device: str | torch.device = "auto", qc_slices: int = 0,
+                    bbox_shift: int = 0, seed: int = 0) -> SliceReport:
     """Score `model` on every slice of `dataset` with GT-box prompts (module docstring).
 
     dataset: a `samtune.train.data.SliceDataset` (or anything whose items are dicts with
@@ -250,6 +258,8 @@ def evaluate_slices(model: PromptableModel, dataset: Any, *, batch_size: int,
     and `normalization` (mean, std) are used when present). batch_size: slices per encoder pass.
     The model is moved to `device` and left there, in the train/eval mode it came in.
     qc_slices: keep the first n evaluated slices in `report.qc` for `figures.qc_overlay`.
+    bbox_shift: move each box side outwards by up to this many pixels (drawn with `seed`); the
+    box-fill baseline then fills the same enlarged box.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
@@ -258,11 +268,13 @@ def evaluate_slices(model: PromptableModel, dataset: Any, *, batch_size: int,
     model.to(dev).eval()
     stats = getattr(dataset, "normalization", None)
     acc = SliceMetrics(getattr(dataset, "categories", None), qc_slices)
+    generator = torch.Generator().manual_seed(seed)
     try:
         with torch.inference_mode():
             for start in range(0, len(dataset), batch_size):
                 stop = min(start + batch_size, len(dataset))
-                _evaluate_batch(model, [dataset[i] for i in range(start, stop)], acc, dev, stats)
+                _evaluate_batch(model, [dataset[i] for i in range(start, stop)], acc, dev, stats,
+                                bbox_shift, generator)
     finally:
         model.train(was_training)
     report, means = acc.report, acc.report.metrics()

@@ -225,3 +225,15 @@ def test_tiny_sam_from_the_registry_on_a_slice_dataset(tmp_path) -> None:
         _, fill = box_fill(gt)
         assert row["baseline_dice"] == pytest.approx(
             2 * gt.sum().item() / (gt.sum().item() + fill.sum().item()))
+
+
+def test_loose_boxes_hurt_box_fill_not_a_content_model() -> None:
+    tight = evaluate_slices(BrightPixelModel(32), _dataset(), batch_size=2, device="cpu")
+    loose = evaluate_slices(BrightPixelModel(32), _dataset(), batch_size=2, device="cpu",
+                            bbox_shift=4, seed=1)
+    t, lo = tight.metrics(), loose.metrics()
+    assert lo["instance_dice"] == pytest.approx(t["instance_dice"])  # it segments the content
+    assert lo["instance_baseline_dice"] < t["instance_baseline_dice"] - 0.1  # fills more box
+    again = evaluate_slices(BrightPixelModel(32), _dataset(), batch_size=2, device="cpu",
+                            bbox_shift=4, seed=1).metrics()
+    assert again == lo  # the jitter is seeded

@@ -79,7 +79,7 @@ def test_model_registered_with_tags_and_linked_to_zenml(run) -> None:
         "print(json.dumps(v.tags))\n"
         "from zenml.client import Client\n"
         "mv = Client().get_model_version('ft-test')\n"
-        "print('ZENML', mv.model.name, sorted(mv.run_metadata))\n")
+        "print('ZENML', mv.model.name, sorted(mv.run_metadata), 'STAGE', mv.stage)\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ZENML_", "MLFLOW_"))}
     env.update(HOME=str(tmp / "home"), ZENML_CONFIG_PATH=str(tmp / "state" / "zenml"),
                ZENML_ANALYTICS_OPT_IN="false", MLFLOW_DISABLE_TELEMETRY="true")
@@ -91,6 +91,7 @@ def test_model_registered_with_tags_and_linked_to_zenml(run) -> None:
         assert tags.get(key), (key, tags)
     zenml_line = next(line for line in check.stdout.splitlines() if line.startswith("ZENML"))
     assert "ft-test" in zenml_line and "model_uri" in zenml_line
+    assert zenml_line.endswith("STAGE production")  # the champion's ZenML version follows
 
 
 def test_nothing_written_to_home(run) -> None:
