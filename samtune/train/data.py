@@ -216,7 +216,7 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         embs: list[Embeddings] = [it["embeddings"] for it in items]
         batch["embeddings"] = Embeddings(torch.cat([e.image for e in embs]),
                                          [torch.cat(level) for level in
-                                          zip(*(e.high_res for e in embs))])
+                                          zip(*(e.high_res for e in embs))], embs[0].raw)
     return batch
 
 
