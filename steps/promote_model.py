@@ -19,7 +19,7 @@ from samtune.promotion import PromotionPolicy
 def _follow_in_zenml(name: str, version: str) -> None:
     """The ZenML Model version linked to MLflow `version` (register_model's metadata) becomes
     the production stage (force: the former production one is archived)."""
-    for mv in Client().list_model_versions(model_name_or_id=name, size=100):
+    for mv in Client().list_model_versions(model=name, size=100):
         if str(mv.run_metadata.get("version")) == version:
             mv.set_stage("production", force=True)
             return
