@@ -30,7 +30,9 @@ def run_summary(output_dir: Path, steps: list[str]) -> list[str]:
                          f", HD95 {c['hd95_mm']['mean']:.2f} mm over {c['n_cases']} volumes")
         lines.append(f"evaluation report: {out / 'report.html'} (metrics/, predictions/, "
                      "biomarkers.csv)")
-    for name in ("inference.json", "benchmark/benchmark.md", "promotion.json"):
-        if (out / name).exists():
+    for step, name in (("infer_volumes", "inference.json"),
+                       ("summarize_benchmark", "benchmark/benchmark.md"),
+                       ("promote_model", "promotion.json")):
+        if step in steps and (out / name).exists():
             lines.append(f"{name.split('.')[0].split('/')[0]}: {out / name}")
     return lines
