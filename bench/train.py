@@ -170,7 +170,43 @@ def child_method(args: argparse.Namespace) -> dict:
            "peak_rss_mb": peak_rss_mb()}
     if torch.cuda.is_available() and args.device != "cpu":
         res["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        util = mfu(args.models, args.child, res["samples_per_s"]) if args.amp == "bf16" else None
+        res["mfu"] = None if util is None else round(util, 4)
+    res["train_gflop_per_sample"] = round(train_flops_per_sample(args.models, args.child) / 1e9,
+                                          1)
     return res
+
+
+# Dense bf16 tensor-core peaks (TFLOP/s) for MFU; other GPUs report no MFU.
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
+
+
+def train_flops_per_sample(name: str, method: str, prompts: int = 1) -> float:
+    """FLOPs of one training sample (slice) counted on the meta device: a trained part costs
+    3× its forward (forward + backward), a frozen encoder 1× (0× with the cache)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from samtune.models.base import Prompts
+    from samtune.models.registry import build_architecture
+
+    model = build_architecture(name, meta=True)
+    s = model.img_size
+    with FlopCounterMode(display=False) as enc:
+        emb = model.encode(torch.empty(1, 3, s, s, device="meta"))
+    boxes = torch.tensor([[s * 0.1, s * 0.1, s * 0.3, s * 0.3]] * prompts, device="meta")
+    with FlopCounterMode(display=False) as dec:
+        model.decode(emb, 0, Prompts(boxes=boxes))
+    encoder = {"frozen": 1, "frozen_cached": 0}.get(method, 3) * enc.get_total_flops()
+    return float(encoder + 3 * dec.get_total_flops())
+
+
+def mfu(name: str, method: str, samples_per_s: float) -> float | None:
+    """Model FLOPs utilisation on the current GPU in bf16, or None off a known GPU."""
+    if not torch.cuda.is_available():
+        return None
+    gpu = torch.cuda.get_device_name()
+    peak = next((v for k, v in PEAK_BF16.items() if k in gpu), None)
+    return None if peak is None else samples_per_s * train_flops_per_sample(name, method) / peak
 
 
 def bench_methods(name: str, steps: int, batch: int, device: str) -> dict:

@@ -49,8 +49,12 @@ def later_runs(run) -> dict[str, subprocess.CompletedProcess]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ZENML_", "MLFLOW_"))}
     env.update(HOME=str(tmp / "home"))
     sets = [a for a in proc.args if "=" in a and not a.startswith("-")]
-    return {name: _run_cli(name, sets + [f"output_dir={tmp / name}"], env)
+    runs = {name: _run_cli(name, sets + [f"output_dir={tmp / name}"], env)
             for name in ("retrain", "evaluate", "promote")}
+    new_data = [f"output_dir={tmp / 'retrain_new'}", f"data.root={tmp / 'data_new'}",
+                "data.phantoms.seed=1"]  # other volumes: another fingerprint
+    runs["retrain_new"] = _run_cli("retrain", sets + new_data, env)
+    return runs
 
 
 def test_finetune_runs_end_to_end_and_reports_dice_vs_box_fill(run) -> None:
@@ -133,3 +137,18 @@ def test_promote_again_changes_nothing(later_runs, run) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     promotion = json.loads((run[1] / "promote" / "promotion.json").read_text())
     assert promotion["applied"] is False and promotion["champion"] == "1"
+
+
+def test_retrain_on_new_data_trains_and_judges_against_the_champion(later_runs, run) -> None:
+    proc = later_runs["retrain_new"]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "is new to the champion: retraining" in proc.stdout + proc.stderr
+    promotion = json.loads((run[1] / "retrain_new" / "promotion.json").read_text())
+    decision = promotion["decision"]
+    assert promotion["challenger"] == "2" and decision["champion_mean"] is not None
+    assert decision["pairs"] and all(p["champion"] is not None for p in decision["pairs"])
+    if len(decision["pairs"]) < 2:  # one test volume is no evidence for a bootstrap CI
+        assert not decision["promote"] and "at least 2" in decision["reason"]
+    else:
+        assert decision["ci_low"] is not None
+    assert promotion["champion"] == ("2" if decision["promote"] else "1")
