@@ -28,5 +28,5 @@ def check_retrain(dataset: SplitDataset, registry: dict[str, Any]
         reason = f"dataset {dataset.fingerprint[:12]} is new to the champion: retraining"
     log.warning(reason) if champion else log.info(reason)
     decision = {"retrain": champion is None, "reason": reason, "champion": champion}
-    log_metadata(metadata=decision)
+    log_metadata(metadata={k: v for k, v in decision.items() if v is not None})
     return decision
