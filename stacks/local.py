@@ -54,6 +54,22 @@ def tracking_uri(stack: StackConfig, home: Path) -> str:
             or f"sqlite:///{home / 'mlflow.db'}")
 
 
+def _credentials(uri: str) -> dict[str, str]:
+    """ZenML's MLflow tracker needs exactly one way to log in to a remote (http) server: taken
+    from MLflow's own variables; a ValueError says which to set when none is."""
+    if not uri.startswith(("http://", "https://")):
+        return {}
+    env = os.environ
+    if env.get("MLFLOW_TRACKING_TOKEN"):
+        return {"tracking_token": env["MLFLOW_TRACKING_TOKEN"]}
+    if env.get("MLFLOW_TRACKING_USERNAME") and env.get("MLFLOW_TRACKING_PASSWORD"):
+        return {"tracking_username": env["MLFLOW_TRACKING_USERNAME"],
+                "tracking_password": env["MLFLOW_TRACKING_PASSWORD"]}
+    raise ValueError(f"MLflow server {uri}: ZenML's tracker needs credentials; set "
+                     "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (any pair for a "
+                     "server without authentication) or MLFLOW_TRACKING_TOKEN")
+
+
 def ensure_stack(stack: StackConfig, home: Path) -> str:
     """Register (once) and activate the local stack; returns its name.
 
@@ -63,6 +79,9 @@ def ensure_stack(stack: StackConfig, home: Path) -> str:
     from zenml.client import Client
     from zenml.enums import StackComponentType as T
 
+    from samtune.registry_ops import check_reachable
+
+    check_reachable(tracking_uri(stack, home))  # before registering anything that points at it
     client = Client()
     try:
         client.get_stack(stack.name)
@@ -73,7 +92,7 @@ def ensure_stack(stack: StackConfig, home: Path) -> str:
         if TRACKER not in existing:
             client.create_stack_component(
                 name=TRACKER, flavor="mlflow", component_type=T.EXPERIMENT_TRACKER,
-                configuration={"tracking_uri": uri})
+                configuration={"tracking_uri": uri, **_credentials(uri)})
         if REGISTRY not in existing:
             client.create_stack_component(
                 name=REGISTRY, flavor="mlflow", component_type=T.MODEL_REGISTRY, configuration={})
