@@ -196,13 +196,17 @@ def test_peak_memory_sees_a_transient_allocation(monkeypatch: pytest.MonkeyPatch
     page = os.sysconf("SC_PAGE_SIZE") / 2**20
     monkeypatch.setattr(PeakMemory, "rss_mb", staticmethod(
         lambda: int(Path("/proc/self/statm").read_text().split()[1]) * page))
+    import mmap
+
     with PeakMemory("cpu", interval_s=0.01) as memory:
-        block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+        # fresh anonymous pages (malloc could reuse resident memory freed by earlier tests)
+        block = mmap.mmap(-1, 64 * 2**20)
+        block.write(b"\x01" * len(block))  # touched: resident
         for _ in range(100):
             if memory.peak_rss_mb - memory.start_rss_mb > 48:
                 break
             torch.tensor(0.0).add_(1)
             __import__("time").sleep(0.01)
-        del block
+        block.close()
     assert memory.peak_mb - memory.start_rss_mb > 48
     assert memory.kind.startswith("process")
