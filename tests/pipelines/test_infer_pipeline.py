@@ -71,3 +71,17 @@ def test_step_entrypoint_writes_masks_overlays_and_summary(tmp_path: Path,
     assert logged == [{"mode": "automatic", "model": "sam_tiny (random weights)",
                        "cases_done": 2, "cases_failed": 1, "cases_skipped": 0}]
 
+
+
+def test_demo_prompts_file_fits_the_demo_testset(tmp_path: Path) -> None:
+    """configs/demo_prompts.json (one box per vessel on a key slice of each unlabelled demo
+    phantom) names the demo's Testset cases and stays inside their volumes."""
+    from samtune.config import load_config
+    from samtune.eval.infer import check_prompts, find_inputs
+    from samtune.eval.prompts_file import read_prompts
+
+    cfg = load_config("demo", [f"data.root={tmp_path / 'demo-data'}"])
+    cases = find_inputs(cfg.infer, cfg.data)
+    grouped, failed = check_prompts(read_prompts(cfg.infer.prompts_file), cases,
+                                    cfg.infer.prompts_file)
+    assert sorted(grouped) == sorted(c.case_id for c in cases) and not failed
