@@ -7,11 +7,12 @@ is None (nothing scored) ranks after the scored ones.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
+
+from samtune.atomic import atomic_write_text
 
 __all__ = ["COLUMNS", "rank", "best_cell", "to_markdown", "write_benchmark"]
 COLUMNS = ("cell", "model", "method", "dataset", "status", "error", "dice", "iou", "hd95_mm",
@@ -97,12 +98,6 @@ def to_markdown(records: Sequence[dict[str, Any]], title: str = "samtune benchma
     return "\n".join(lines)
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_benchmark(records: Sequence[dict[str, Any]], out_dir: Path,
                     title: str = "samtune benchmark") -> dict[str, Path]:
     """benchmark.csv (one row per cell, ranked), benchmark.json ({cells, best, counts, memory
@@ -114,10 +109,10 @@ def write_benchmark(records: Sequence[dict[str, Any]], out_dir: Path,
     for column in ("trainable_params", "total_params"):  # integers, blank for failed cells
         frame[column] = frame[column].astype("Int64")
     paths = {k: out_dir / f"benchmark.{k}" for k in ("csv", "json", "md")}
-    _write(paths["csv"], frame.to_csv(index=False))
+    atomic_write_text(paths["csv"], frame.to_csv(index=False))
     summary = {"cells": ranked, "best": best["cell"] if best else None,
                "ok": sum(r["status"] == "ok" for r in records),
                "failed": sum(r["status"] != "ok" for r in records), "memory": MEMORY_NOTE}
-    _write(paths["json"], json.dumps(summary, indent=1, default=str) + "\n")
-    _write(paths["md"], to_markdown(records, title))
+    atomic_write_text(paths["json"], json.dumps(summary, indent=1, default=str) + "\n")
+    atomic_write_text(paths["md"], to_markdown(records, title))
     return paths

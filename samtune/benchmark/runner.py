@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import torch
 
+from samtune.atomic import atomic_write_text
 from samtune.benchmark.matrix import Cell
 from samtune.config import Config
 
@@ -73,13 +74,6 @@ class PeakMemory:
         self.peak_rss_mb = max(self.peak_rss_mb, self.rss_mb())
         self.peak_mb = (torch.cuda.max_memory_allocated(self.device) / 2**20
                         if self.cuda else self.peak_rss_mb)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
 
 
 def _mean(frame: Any, column: str) -> float | None:
@@ -143,5 +137,5 @@ def run_cell(cell: Cell | dict[str, Any], dataset_dir: Path | None, cases: Seque
                 torch.cuda.empty_cache()
     record.update(peak_memory_mb=round(memory.peak_mb, 1), memory_kind=memory.kind,
                   start_rss_mb=round(memory.start_rss_mb, 1))
-    _write_json(out / "record.json", record)
+    atomic_write_text(out / "record.json", json.dumps(record, indent=1, default=str))
     return record

@@ -8,11 +8,10 @@ from __future__ import annotations
 import html
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from samtune.atomic import atomic_write_text
 from samtune.data.cases import CaseCollection
 from samtune.data.validate import ValidationResult
 
@@ -26,18 +25,6 @@ th { background: #f0f0f0; position: sticky; top: 0; }
 tr.failed td { background: #fde8e8; }
 .summary td:first-child { font-weight: 600; }
 """
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, then rename it over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def report_payload(result: ValidationResult, collection: CaseCollection) -> dict[str, Any]:
@@ -113,8 +100,8 @@ def write_report(result: ValidationResult, collection: CaseCollection,
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = report_payload(result, collection)
     paths = {"json": out_dir / "validation.json", "html": out_dir / "validation.html"}
-    _write_atomic(paths["json"], json.dumps(payload, indent=2, allow_nan=False) + "\n")
-    _write_atomic(paths["html"], render_html(payload))
+    atomic_write_text(paths["json"], json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(paths["html"], render_html(payload))
     log.info("validation report: %s (%d quarantined cases, %d skipped files)", paths["html"],
              len(result.failed), len(collection.skipped))
     return paths

@@ -8,31 +8,16 @@ no window) and written atomically: a temporary sibling renamed into place.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from samtune.eval.biomarkers import agreement
+from samtune.eval.figures import save_figure
 
 log = logging.getLogger(__name__)
-
-
-def _write_png_atomically(fig: Figure, path: Path, dpi: float) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def bland_altman_plot(pred_values: Sequence[float] | np.ndarray,
@@ -75,6 +60,6 @@ def bland_altman_plot(pred_values: Sequence[float] | np.ndarray,
     ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
     path = Path(out_path)
-    _write_png_atomically(fig, path, dpi)
+    save_figure(fig, path, dpi)
     log.debug("wrote Bland-Altman plot %s (%s)", path, stats)
     return path

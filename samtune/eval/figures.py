@@ -6,8 +6,6 @@ or touches global state; every file is written to a temporary sibling and rename
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
+from samtune.atomic import atomic_write
+
 # Instance colours (tab10, 0–255); instance k gets PALETTE[k % 10].
 PALETTE = np.array([[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40],
                     [148, 103, 189], [140, 86, 75], [227, 119, 194], [127, 127, 127],
@@ -27,20 +27,10 @@ CURVE_KEYS = {"loss": ("train_loss", "loss"), "val_loss": ("val_loss",),
               "val_dice": ("val_dice", "dice"), "lr": ("lr", "learning_rate")}
 
 
-def _save_png(fig: Figure, path: str | Path, dpi: float) -> Path:
-    """Render `fig` with Agg and write it to `path` atomically (temp sibling + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def save_figure(fig: Figure, path: str | Path, dpi: float) -> Path:
+    """Render `fig` with Agg (no pyplot state) and write it to `path` as PNG, atomically."""
     FigureCanvasAgg(fig)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
 
 
 def _as_array(x: Any) -> np.ndarray:
@@ -143,7 +133,7 @@ def qc_overlay(image: Any, gt_masks: Any, prompts: Any, pred_masks: Any, path: s
         label = f"{title} — {name}" if title and i == 0 else name
         ax.text(0.02, 0.98, label, transform=ax.transAxes, va="top", ha="left", fontsize=7,
                 color="white", bbox={"facecolor": "black", "alpha": 0.6, "pad": 1, "linewidth": 0})
-    return _save_png(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def _series(history: Any) -> dict[str, list[float]]:
@@ -201,4 +191,4 @@ def training_curves(history: Any, path: str | Path) -> Path:
         if len(ax.lines) > 1:
             ax.legend()
     fig.tight_layout()
-    return _save_png(fig, path, 100)
+    return save_figure(fig, path, 100)

@@ -3,14 +3,13 @@ representative slices, the per-case numbers, and inference.json (all written ato
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 from scipy.ndimage import binary_erosion
 
+from samtune.atomic import atomic_write, atomic_write_text
 from samtune.data.render import SliceGrid
 from samtune.data.slicing import CANONICAL_AXIS, occupied
 from samtune.eval.figures import PALETTE, overlay_masks, to_rgb_uint8
@@ -70,7 +69,7 @@ def write_overlays(grid: SliceGrid, pred: np.ndarray, folder: Path, n: int) -> l
         path = Path(folder) / (f"{grid.volume.case.case_id}_{AXES[t['original_axis']]}"
                                f"{t['slice_index']:03d}.png")
         pixels = _overlay(image[:nh, :nw], lab[:nh, :nw])
-        _atomic(path, lambda fh: Image.fromarray(pixels).save(fh, format="PNG"))
+        atomic_write(path, lambda fh: Image.fromarray(pixels).save(fh, format="PNG"))
         paths.append(path)
     return paths
 
@@ -78,17 +77,4 @@ def write_overlays(grid: SliceGrid, pred: np.ndarray, folder: Path, n: int) -> l
 def write_json(path: Path, obj: Any) -> Path:
     """`obj` as indented JSON at `path`, atomically."""
     text = json.dumps(obj, indent=2, sort_keys=False)
-    return _atomic(Path(path), lambda fh: fh.write(text.encode()))
-
-
-def _atomic(path: Path, write: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, text)

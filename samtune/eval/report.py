@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from samtune.atomic import atomic_write
 from samtune.eval.report_html import render_html
 
 log = logging.getLogger(__name__)
@@ -157,21 +156,6 @@ def _ordered(frame: pd.DataFrame, lead: Sequence[str]) -> pd.DataFrame:
     return frame[[*lead, *(c for c in frame.columns if c not in lead)]]
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, fsync, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(out_dir: Path, *, volume: pd.DataFrame, slices: pd.DataFrame | None,
                  global_summary: Mapping[str, Any], biomarkers: pd.DataFrame | None,
                  qc_cases: Sequence[QCCase], title: str, context: Mapping[str, Any],
@@ -213,7 +197,7 @@ def write_report(out_dir: Path, *, volume: pd.DataFrame, slices: pd.DataFrame | 
 
     written = []
     for rel, data in files.items():
-        _write_atomic(out_dir / rel, data)
+        atomic_write(out_dir / rel, lambda f, data=data: f.write(data))
         written.append(out_dir / rel)
     log.info("evaluation report (%d cases) written to %s: %s", n_cases, out_dir,
              ", ".join(files))

@@ -24,13 +24,13 @@ import logging
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 from torch import nn
 
+from samtune.atomic import atomic_write, atomic_write_text
 from samtune.config import LORA_TARGETS
 from samtune.models.adapters import (PARTS, apply_lora, family_patterns, part_prefixes,
                                      set_trainable, target_part)
@@ -111,24 +111,12 @@ def adapter_state_dict(model: PromptableModel) -> tuple[dict[str, torch.Tensor],
     return state, meta
 
 
-def _save_atomic(write: Any, path: Path) -> None:
-    """Call write(tmp_path) on a temporary file beside `path`, then os.replace it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _save_tensors(obj: dict[str, Any], path: Path) -> None:
-    _save_atomic(lambda tmp: torch.save(obj, tmp), path)
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _save_json(obj: dict[str, Any], path: Path) -> None:
-    _save_atomic(lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"), path)
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def export_weights(model: PromptableModel, out_dir: str | Path,

@@ -23,8 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -33,6 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from samtune.atomic import atomic_write, atomic_write_text
 from samtune.models.base import Embeddings, PromptableModel
 from samtune.train.data import normalize
 
@@ -114,20 +113,7 @@ class EmbeddingStore:
         data = {"image": emb.image[0].detach().to("cpu", torch.float16).clone(),
                 "high_res": [h[0].detach().to("cpu", torch.float16).clone() for h in emb.high_res],
                 "raw": emb.raw}
-        _write_atomic(path, lambda f: torch.save(data, f))
-
-
-def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
-    """write(file) into a temporary sibling, then rename over `path` (readers, and other
-    processes building the same cache, never see a partial file)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem[:8]}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic_write(path, lambda f: torch.save(data, f))
 
 
 class EmbeddingCache:
@@ -151,7 +137,7 @@ class EmbeddingCache:
             text = json.dumps({"weights_sha256": self.weights, "preprocess": self.preprocess,
                                "family": getattr(model, "family", ""), "dtype": "float16"},
                               indent=1)
-            _write_atomic(meta, lambda f: f.write(text.encode()))
+            atomic_write_text(meta, text)
 
     @property
     def folder(self) -> Path:

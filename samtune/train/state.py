@@ -24,15 +24,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Mapping
+from typing import Any, BinaryIO, Mapping
 
 import numpy as np
 import torch
 from torch import nn
+
+from samtune.atomic import atomic_write
 
 __all__ = ["CHECKPOINT_VERSION", "UNHASHED_TRAIN_KEYS", "ConfigMismatchError", "config_hash",
            "rng_state", "set_rng_state", "rank_rng_state", "model_weights", "load_model_weights",
@@ -145,26 +146,9 @@ def load_model_weights(model: nn.Module, weights: Mapping[str, torch.Tensor]) ->
 
 
 # ----------------------------------------------------------------------------------- files
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
-    """`write` into a temporary file beside `path`, fsync, then os.replace: a reader sees the
-    old file or the new one, never a torn write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def save_state(state: Mapping[str, Any], path: Path) -> Path:
     """torch.save the checkpoint dict to `path` atomically."""
-    return _atomic_write(path, lambda f: torch.save(dict(state), f))
+    return atomic_write(path, lambda f: torch.save(dict(state), f))
 
 
 def copy_state(src: Path, dst: Path) -> Path:
@@ -173,7 +157,7 @@ def copy_state(src: Path, dst: Path) -> Path:
         with open(src, "rb") as fin:
             shutil.copyfileobj(fin, fout, 1 << 22)
 
-    return _atomic_write(dst, copy)
+    return atomic_write(dst, copy)
 
 
 def load_state(path: Path, expected_config_hash: str | None = None,

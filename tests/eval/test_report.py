@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from samtune.eval import report, report_html
+from samtune import atomic
+from samtune.eval import report_html
 from samtune.eval.report import QCCase, json_safe, montage_slice, pick_qc_cases, write_report
 
 CASES = ["case_a", "case<b>&", "case_c"]
@@ -167,14 +168,14 @@ def test_failure_midway_leaves_no_partial_report(tmp_path, monkeypatch) -> None:
 def test_failed_rename_keeps_old_file(tmp_path, monkeypatch) -> None:
     good = _write(tmp_path, qc_cases=[], biomarkers=None)
     old = good.html.read_bytes()
-    real = report.os.replace
+    real = atomic.os.replace  # the one place samtune renames a finished file into place
 
     def refuse_html(src, dst):
         if Path(dst).name == "report.html":
             raise OSError("no space left")
         return real(src, dst)
 
-    monkeypatch.setattr(report.os, "replace", refuse_html)
+    monkeypatch.setattr(atomic.os, "replace", refuse_html)
     with pytest.raises(OSError):
         _write(tmp_path, qc_cases=[], biomarkers=None, title="new")
     assert good.html.read_bytes() == old
