@@ -5,15 +5,13 @@ while the others run), in one ZenML pipeline with a temporary ZenML/MLflow home 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.pipelines.cli import clean_env, run_cli, tiny_phantoms
 pytestmark = pytest.mark.slow
 MATRIX = ("benchmark.models=[sam_tiny, sam2_tiny, {name: sam_tiny, checkpoint: missing.pt}]",
           "benchmark.methods=[full, frozen]",
@@ -25,18 +23,8 @@ MATRIX = ("benchmark.models=[sam_tiny, sam2_tiny, {name: sam_tiny, checkpoint: m
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
     tmp = tmp_path_factory.mktemp("benchmark")
     (tmp / "home").mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ZENML_", "MLFLOW_"))}
-    env.update(HOME=str(tmp / "home"), XDG_CONFIG_HOME=str(tmp / "home" / ".config"),
-               XDG_CACHE_HOME=str(tmp / "home" / ".cache"))
-    sets = [f"stack.home={tmp / 'state'}", f"output_dir={tmp / 'out'}", f"data.root={tmp / 'data'}",
-            f"train.cache_dir={tmp / 'cache'}", "data.phantoms.n_normal=2",
-            "data.phantoms.n_diseased=2", "data.phantoms.shape=[48,48,24]", "convert.img_size=128",
-            "registry.model_name=bench-test", *MATRIX]
-    cmd = [sys.executable, "run.py", "--pipeline", "benchmark", "--config", "demo"]
-    for s in sets:
-        cmd += ["--set", s]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
-    return proc, tmp
+    sets = [*tiny_phantoms(tmp), "registry.model_name=bench-test", *MATRIX]
+    return run_cli("benchmark", sets, clean_env(tmp / "home"), timeout=1200), tmp
 
 
 def test_two_by_two_matrix_runs_and_failures_are_recorded(run) -> None:

@@ -6,14 +6,13 @@ exports, the registered MLflow version and its tags, and the ZenML model version
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.pipelines.cli import REPO, clean_env, run_cli, tiny_phantoms
 pytestmark = pytest.mark.slow
 
 
@@ -21,23 +20,10 @@ pytestmark = pytest.mark.slow
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
     tmp = tmp_path_factory.mktemp("finetune")
     (tmp / "home").mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ZENML_", "MLFLOW_"))}
-    env.update(HOME=str(tmp / "home"), XDG_CONFIG_HOME=str(tmp / "home" / ".config"),
-               XDG_CACHE_HOME=str(tmp / "home" / ".cache"))
-    sets = [f"stack.home={tmp / 'state'}", f"output_dir={tmp / 'out'}", f"data.root={tmp / 'data'}",
-            f"train.cache_dir={tmp / 'cache'}", "data.phantoms.n_normal=2",
-            "data.phantoms.n_diseased=2", "data.phantoms.shape=[48,48,24]", "convert.img_size=128",
-            "model.img_size=128", "train.epochs=1", "train.batch_size=4",
-            "registry.model_name=ft-test",
-            "registry.floor=0.0", "eval.model_uri=models:/ft-test@champion", "train.qc_every=1"]
-    return _run_cli("finetune", sets, env), tmp
-
-
-def _run_cli(pipeline: str, sets: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "run.py", "--pipeline", pipeline, "--config", "demo"]
-    for s in sets:
-        cmd += ["--set", s]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    sets = [*tiny_phantoms(tmp), "model.img_size=128", "train.epochs=1", "train.batch_size=4",
+            "registry.model_name=ft-test", "registry.floor=0.0",
+            "eval.model_uri=models:/ft-test@champion", "train.qc_every=1"]
+    return run_cli("finetune", sets, clean_env(tmp / "home")), tmp
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +32,13 @@ def later_runs(run) -> dict[str, subprocess.CompletedProcess]:
     from its MLflow URI, promote again (nothing changes)."""
     proc, tmp = run
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ZENML_", "MLFLOW_"))}
-    env.update(HOME=str(tmp / "home"))
+    env = clean_env(tmp / "home")
     sets = [a for a in proc.args if "=" in a and not a.startswith("-")]
-    runs = {name: _run_cli(name, sets + [f"output_dir={tmp / name}"], env)
+    runs = {name: run_cli(name, sets + [f"output_dir={tmp / name}"], env)
             for name in ("retrain", "evaluate", "promote")}
     new_data = [f"output_dir={tmp / 'retrain_new'}", f"data.root={tmp / 'data_new'}",
                 "data.phantoms.seed=1"]  # other volumes: another fingerprint
-    runs["retrain_new"] = _run_cli("retrain", sets + new_data, env)
+    runs["retrain_new"] = run_cli("retrain", sets + new_data, env)
     return runs
 
 
@@ -84,9 +69,9 @@ def test_model_registered_with_tags_and_linked_to_zenml(run) -> None:
         "from zenml.client import Client\n"
         "mv = Client().get_model_version('ft-test')\n"
         "print('ZENML', mv.model.name, sorted(mv.run_metadata), 'STAGE', mv.stage)\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ZENML_", "MLFLOW_"))}
-    env.update(HOME=str(tmp / "home"), ZENML_CONFIG_PATH=str(tmp / "state" / "zenml"),
-               ZENML_ANALYTICS_OPT_IN="false", MLFLOW_DISABLE_TELEMETRY="true")
+    env = clean_env(tmp / "home")
+    env.update(ZENML_CONFIG_PATH=str(tmp / "state" / "zenml"), ZENML_ANALYTICS_OPT_IN="false",
+               MLFLOW_DISABLE_TELEMETRY="true")
     check = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
                            text=True, timeout=300)
     assert check.returncode == 0, check.stderr[-3000:]

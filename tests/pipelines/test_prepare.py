@@ -19,7 +19,7 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.pipelines.cli import REPO, clean_env
 PREPARE_STEPS = ("ingest_volumes", "validate_volumes", "convert_to_coco", "split_dataset")
 pytestmark = pytest.mark.slow
 
@@ -33,10 +33,8 @@ class Runner:
         self.out = tmp / "out"
 
     def __call__(self, *overrides: str) -> subprocess.CompletedProcess:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("ZENML_", "MLFLOW_"))}
-        env.update(HOME=str(self.home), XDG_CONFIG_HOME=str(self.home / ".config"),
-                   XDG_CACHE_HOME=str(self.home / ".cache"), PYTHONUNBUFFERED="1")
+        env = clean_env(self.home)
+        env.update(PYTHONUNBUFFERED="1")
         sets = [f"stack.home={self.tmp / 'state'}", f"output_dir={self.out}",
                 f"data.root={self.data}", "data.phantoms.n_normal=2",
                 "data.phantoms.n_diseased=2", "data.phantoms.shape=[48,48,32]",
