@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from samtune.data.render import SliceGrid
 from samtune.data.slicing import mask_to_original
 from samtune.models.base import Embeddings, PromptableModel, Prompts
 from samtune.models.prompts import make_prompts, select_best
+from samtune.train.data import normalize
 
 __all__ = ["SlicePredictor", "Instances", "gt_instances", "predict_with_gt_prompts",
            "label_slice", "reassemble"]
@@ -96,11 +97,7 @@ class SlicePredictor:
 
     def normalized(self, x: torch.Tensor) -> torch.Tensor:
         """B×3×s×s on 0–255 → normalised with `stats` (or the model's own statistics)."""
-        if self.stats is None:
-            return self.model.normalize(x)
-        mean, std = (torch.tensor(v, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-                     for v in self.stats)
-        return (x - mean) / std
+        return self.model.normalize(x) if self.stats is None else normalize(x, *self.stats)
 
     def to_model_grid(self, masks: np.ndarray) -> torch.Tensor:
         """K×S×S bool on the slice grid → K×s×s bool on the model grid (nearest)."""
@@ -177,9 +174,3 @@ def predict_with_gt_prompts(predictor: SlicePredictor, grid: SliceGrid,
                 probs = predictor.decode(emb, b, inst.masks, prompt_cfg, generator)
                 out[k] = label_slice(probs, inst.labels, predictor.slice_size)
     return out
-
-
-def describe(instances: dict[int, Instances]) -> dict[str, Any]:
-    """Counts for logs: slices with instances, instances (prompts)."""
-    return {"slices": len(instances),
-            "prompts": int(sum(len(i.labels) for i in instances.values()))}

@@ -31,6 +31,7 @@ import torch
 
 from samtune.models.base import PromptableModel, Prompts
 from samtune.models.prompts import box_from_mask, boxes_to_mask, jitter_boxes
+from samtune.train.data import normalize
 
 log = logging.getLogger(__name__)
 
@@ -190,11 +191,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
 def _normalize(model: PromptableModel, images: torch.Tensor, stats: Any) -> torch.Tensor:
     """B×3×S×S on 0–255 → normalised with the dataset's (mean, std) when it carries them
     (`SliceDataset.normalization`), else with the model's own pixel statistics."""
-    if stats is None:
-        return model.normalize(images)
-    mean, std = (torch.tensor(v, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-                 for v in stats)
-    return (images - mean) / std
+    return model.normalize(images) if stats is None else normalize(images, *stats)
 
 
 def _predict_slice(model: PromptableModel, emb: Any, b: int, gt: torch.Tensor, shift: int = 0,

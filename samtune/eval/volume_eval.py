@@ -134,6 +134,7 @@ def evaluate_volumes(loaded: LoadedModel, cases: Sequence[Case], convert_cfg: Co
     for case in tqdm(cases, desc="evaluate", unit="vol"):
         vol = data_io.load_volume(case)
         grid = SliceGrid.build(vol, convert_cfg)
+        axis = grid.transform(0)["original_axis"]  # the source axis the slices cut
         instances = gt_instances(vol, convert_cfg, list(classes), grid)
         pred = reassemble(grid, predict_case(predictor, grid, instances, eval_cfg,
                                              loaded.family))
@@ -147,25 +148,25 @@ def evaluate_volumes(loaded: LoadedModel, cases: Sequence[Case], convert_cfg: Co
         table.add_case(case.case_id, rows)
         if eval_cfg.slice_metrics:
             table.add_slices(case.case_id, slice_metrics(pred, gt, vol.spacing, classes,
-                                                         axis=grid.transform(0)["original_axis"],
-                                                         nsd_tolerance_mm=nsd_tol))
+                                                         axis=axis, nsd_tolerance_mm=nsd_tol))
+        qmap = _qmap(case) if eval_cfg.biomarkers else None
         for cid, name in classes.items() if eval_cfg.biomarkers else ():
             for r in compute_biomarkers(pred == cid, gt == cid, vol.spacing, eval_cfg.biomarkers,
-                                        qmap=_qmap(case)):
+                                        qmap=qmap):
                 bio_rows.append({"case_id": case.case_id, "class": name, **r})
         dice = float(np.mean([r["dice"] for r in rows]))
-        qc.append(QCCase.from_volumes(case.case_id, dice, vol.image[0], gt, pred,
-                                      axis=grid.transform(0)["original_axis"]))
+        qc.append(QCCase.from_volumes(case.case_id, dice, vol.image[0], gt, pred, axis=axis))
         log.info("%s: Dice %s", case.case_id, ", ".join(f"{r['class']} {r['dice']:.4f}"
                                                          for r in rows))
     bio = pd.DataFrame(bio_rows) if bio_rows else None
     context = {"model": loaded.description, "split": eval_cfg.split, "mode": eval_cfg.mode,
                "prompt": eval_cfg.prompt, "cases": len(cases), "img_size": convert_cfg.img_size}
-    paths = write_report(out_dir, volume=table.volume_frame(),
+    volume, summary = table.volume_frame(), table.global_summary()
+    paths = write_report(out_dir, volume=volume,
                          slices=table.slice_frame() if eval_cfg.slice_metrics else None,
-                         global_summary=table.global_summary(), biomarkers=bio, qc_cases=qc,
+                         global_summary=summary, biomarkers=bio, qc_cases=qc,
                          title=title, context=context, qc_per_side=eval_cfg.qc_cases)
-    return VolumeEvalResult(table.volume_frame(), table.global_summary(), bio, paths)
+    return VolumeEvalResult(volume, summary, bio, paths)
 
 
 def _qmap(case: Case) -> np.ndarray | None:

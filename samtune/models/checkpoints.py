@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import pickle
 import re
+import shutil
 import socket
-import tempfile
 import threading
 import urllib.error
 import urllib.parse
@@ -31,6 +30,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from samtune.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -217,16 +218,11 @@ def download(name: str, checkpoints_dir: str | Path, timeout: float = 5.0) -> Pa
     host = urllib.parse.urlparse(spec.url).hostname or ""
     if not _resolves(host, timeout):
         raise CheckpointError(f"cannot reach {host} (offline?); {hint}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{spec.checkpoint}.", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(spec.url, timeout=timeout) as rsp:
+        with urllib.request.urlopen(spec.url, timeout=timeout) as rsp:
             log.info("downloading %s → %s", spec.url, target)
-            while block := rsp.read(1 << 20):
-                out.write(block)
-        os.replace(tmp, target)
+            atomic_write(target, lambda out: shutil.copyfileobj(rsp, out, 1 << 20))
     except (urllib.error.URLError, OSError) as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise CheckpointError(f"download of {spec.url} failed ({exc}); {hint}") from None
     if spec.sha256 and file_sha256(target) != spec.sha256:
         warnings.warn(f"downloaded {target}: sha256 differs from the published {spec.sha256}",
