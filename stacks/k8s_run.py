@@ -8,22 +8,20 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any, Sequence
 
 from stacks.k8s_pods import pod_settings_for, pool_for_step
-from stacks.remote import load_stack_spec, register_stack
+from stacks.remote import ENV_VAR, load_stack_spec, register_stack
 
 __all__ = ["activate_remote", "remote_options", "dry_run_lines", "spec_variables"]
 log = logging.getLogger(__name__)
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def spec_variables(path: Path) -> dict[str, str | None]:
     """${VAR} / ${VAR:-default} names in the stack YAML → their value now (env, else default,
     else None)."""
-    found = {m.group(1): m.group(2) for m in _VAR.finditer(Path(path).read_text())}
+    found = {m.group(1): m.group(2) for m in ENV_VAR.finditer(Path(path).read_text())}
     return {k: os.environ.get(k, d) for k, d in found.items()}
 
 

@@ -81,7 +81,8 @@ def ensure_stack(stack: StackConfig, home: Path) -> str:
 
     from samtune.registry_ops import check_reachable
 
-    check_reachable(tracking_uri(stack, home))  # before registering anything that points at it
+    # an unreachable server fails here, naming the URI, before anything points at it
+    check_reachable(tracking_uri(stack, home))
     client = Client()
     try:
         client.get_stack(stack.name)
@@ -108,11 +109,9 @@ def prepare_experiment(stack: StackConfig, home: Path, pipeline: str) -> None:
     """Create the pipeline's MLflow experiment (ZenML's tracker names it after the pipeline)
     with its artifacts under `home`; a sqlite store would otherwise write ./mlruns wherever
     the command runs. Experiments on a user's own server are left as they are."""
-    from samtune.registry_ops import check_reachable
     from samtune.tracking import ensure_experiment
 
-    uri = tracking_uri(stack, home)
-    check_reachable(uri)  # an unreachable server fails here, before any step, naming the URI
+    uri = tracking_uri(stack, home)  # reachable: ensure_stack checked it
     if uri.startswith("sqlite:") and uri == f"sqlite:///{home / 'mlflow.db'}":
         ensure_experiment(pipeline, home / "mlartifacts", tracking_uri=uri)
 

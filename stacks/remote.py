@@ -51,7 +51,7 @@ INTEGRATION_MODULES = {"kubernetes": ("kubernetes",), "s3": ("s3fs", "boto3"),
 REQUIRED_TYPES = ("orchestrator", "artifact_store", "container_registry")
 SPEC_KEYS = {"name", "components", "pod_pools"}
 COMPONENT_KEYS = {"name", "flavor", "configuration"}
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SECRET_REF = re.compile(r"\{\{\s*([^.\s}]+)\.([^}\s]+)\s*\}\}")
 
 
@@ -88,7 +88,7 @@ def load_stack_spec(path: Path | str, *, environ: Mapping[str, str] | None = Non
                 missing.append(m.group(1))
                 return m.group(0)
             return m.group(2)
-        return _VAR.sub(sub, value)
+        return ENV_VAR.sub(sub, value)
 
     spec = expand(raw)
     if missing:
