@@ -209,9 +209,10 @@ class EvalConfig(Section):
     @field_validator("biomarkers")
     @classmethod
     def _known_biomarkers(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from samtune.eval.biomarkers import validate_selection
+        if value:  # (the registry imports scipy / scikit-image: only when asked for)
+            from samtune.eval.biomarkers import validate_selection
 
-        validate_selection(value)  # unknown name → ValueError listing the valid ones
+            validate_selection(value)  # unknown name → ValueError listing the valid ones
         return value
 
 
