@@ -46,6 +46,7 @@ class ModelSpec:
     url: str | None
     sha256: str | None
     description: str
+    preprocess: str = "sam"  # samtune.models.preprocess.PREPROCESSING key: upstream's input path
 
 
 # ---------------------------------------------------------------- SAM / MedSAM / MobileSAM
@@ -122,11 +123,13 @@ build_mobile_sam = partial(_build_mobile_sam, embed_dims=(64, 128, 160, 320),
 
 def _spec(family: str, builder: Callable[[int], PromptableModel], checkpoint: str | None,
           url: str | None, description: str, img_size: int = 1024,
-          sha256: str | None = None) -> ModelSpec:
+          sha256: str | None = None, preprocess: str | None = None) -> ModelSpec:
     # SAM's ViT patch is 16; SAM2's Hiera patch is 4, but its first stage tiles an 8×8 window
     # position embedding over the S/4 grid, so S must be a multiple of 32.
     patch_size = {"sam2": 32, "oracle": 1}.get(family, 16)
-    return ModelSpec(family, builder, img_size, patch_size, checkpoint, url, sha256, description)
+    preprocess = preprocess or ("sam2" if family == "sam2" else "sam")
+    return ModelSpec(family, builder, img_size, patch_size, checkpoint, url, sha256, description,
+                     preprocess)
 
 
 # sha256: Meta publishes the files (their names carry a hash prefix, e.g. 01ec64) but not the
@@ -140,7 +143,8 @@ MODELS: dict[str, ModelSpec] = {
                        SAM_URL + "sam_vit_h_4b8939.pth", "SAM ViT-H (641 M), Meta 2023"),
     "medsam_vit_b": _spec("sam", build_sam_vit_b, "medsam_vit_b.pth", None,
                           "MedSAM: SAM ViT-B fine-tuned on 1.5 M medical image-mask pairs "
-                          "(Ma et al. 2024); from the bowang-lab/MedSAM release"),
+                          "(Ma et al. 2024); from the bowang-lab/MedSAM release",
+                          preprocess="medsam"),
     "mobile_sam": _spec("mobile_sam", build_mobile_sam, "mobile_sam.pt",
                         "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/"
                         "mobile_sam.pt", "MobileSAM: TinyViT-5M encoder distilled from SAM"),
@@ -162,9 +166,10 @@ MODELS: dict[str, ModelSpec] = {
                              SAM21_URL + "sam2.1_hiera_base_plus.pt", "SAM2.1 Hiera-B+ (81 M)"),
     "sam2.1_hiera_l": _spec("sam2", s2.build_sam21_hiera_l, "sam2.1_hiera_large.pt",
                             SAM21_URL + "sam2.1_hiera_large.pt", "SAM2.1 Hiera-L (224 M)"),
-    "medsam2": _spec("sam2", s2.build_sam21_hiera_t, "MedSAM2_latest.pt", None,
-                     "MedSAM2: SAM2.1 Hiera-T fine-tuned on 3D medical images and videos "
-                     "(Ma et al. 2025); from the bowang-lab/MedSAM2 release"),
+    "medsam2": _spec("sam2", s2.build_medsam2, "MedSAM2_latest.pt", None,
+                     "MedSAM2: SAM2.1 Hiera-T at 512 px fine-tuned on 3D medical images and "
+                     "videos (Ma et al. 2025); from the bowang-lab/MedSAM2 release",
+                     img_size=512, preprocess="medsam2"),
     "sam2_tiny": _spec("sam2", s2.build_sam2_tiny, None, None,
                        "tiny SAM2.1 Hiera (random weights) for CPU tests and demos",
                        img_size=256),
@@ -239,9 +244,12 @@ def count_parameters(name: str) -> int:
 
 
 def list_models() -> list[dict[str, object]]:
-    """One row per zoo entry: name, family, params, img_size, patch_size, checkpoint, sha256,
-    url, description."""
+    """One row per zoo entry: name, family, params, img_size, patch_size, preprocess (the
+    upstream input path it reproduces), checkpoint, sha256, url, description."""
+    from samtune.models.preprocess import get_preprocessing
+
     return [{"name": name, "family": spec.family, "params": count_parameters(name),
              "img_size": spec.img_size, "patch_size": spec.patch_size,
+             "preprocess": f"{spec.preprocess}: {get_preprocessing(spec.preprocess).describe()}",
              "checkpoint": spec.checkpoint, "sha256": spec.sha256, "url": spec.url,
              "description": spec.description} for name, spec in MODELS.items()]

@@ -223,3 +223,6 @@ build_sam21_hiera_bp = partial(_build_sam2, config="configs/sam2.1/sam2.1_hiera_
 build_sam21_hiera_l = partial(_build_sam2, config="configs/sam2.1/sam2.1_hiera_l.yaml")
 build_sam2_tiny = partial(_build_sam2, config="configs/sam2.1/sam2.1_hiera_t.yaml",
                           overrides=TINY_OVERRIDES)
+# MedSAM2's sam2.1_hiera_t512.yaml is sam2.1_hiera_t.yaml with image_size 512 and the memory
+# attention's feat_sizes [32, 32]: exactly what `build_sam2_base` sets for S = 512.
+build_medsam2 = build_sam21_hiera_t
