@@ -64,7 +64,9 @@ class ValidateConfig(Section):
 
 class ConvertConfig(Section):
     axis: Literal["axial", "coronal", "sagittal"] = "axial"
-    img_size: int = Field(1024, ge=16, description="output square size; aspect kept by padding")
+    img_size: int | None = Field(
+        None, ge=16, description="output square size, aspect kept by padding; None: the model's "
+        "input size (model.img_size or the zoo entry's), resolved by the root Config")
     channels: Literal[1, 3] = 3
     input_channels: list[int] | None = Field(None, description="volume channels to use")
     intensity: Literal["auto", "window", "percentile"] = "auto"
@@ -170,7 +172,10 @@ class TrainConfig(Section):
     min_delta: float = Field(0.0, ge=0)
     checkpoint_every: int | None = Field(None, ge=1, description="epochs")
     embedding_cache: bool = True
-    normalization: Literal["imagenet", "dataset"] = "imagenet"
+    normalization: Literal["model", "imagenet", "dataset"] = Field(
+        "model", description="model: the family's official input normalisation (SAM/SAM2: "
+        "ImageNet mean/std, MedSAM: min-max to [0, 1]); imagenet: ImageNet mean/std whatever "
+        "the family; dataset: the train split's mean/std (both differ from upstream)")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = Field(0, ge=0)

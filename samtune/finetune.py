@@ -72,7 +72,8 @@ def train_on_export(dataset_dir: Path, model_cfg: ModelConfig, train_cfg: TrainC
                "method": model_cfg.method, "model_name": model_cfg.name,
                "img_size": model.img_size}
     info = {"model": model_cfg.model_dump(mode="json"), "train": train_cfg.model_dump(mode="json"),
-            "normalization": [list(normalization[0]), list(normalization[1])],
+            "normalization": (None if normalization is None
+                              else [list(normalization[0]), list(normalization[1])]),
             "parameters": params, "summary": summary, "history": result.history,
             "dataset_fingerprint": dataset_fingerprint,
             "exports": {k: Path(v).name for k, v in files.items()}}
@@ -144,9 +145,11 @@ def evaluate_bundle(bundle: ModelBundle, dataset_dir: Path, eval_cfg: EvalConfig
     baseline; QC overlays of the first `qc_slices` slices go to `qc_dir` when given."""
     info = json.loads((bundle.root / "model.json").read_text())
     model = build_model(bundle.model_config())
-    stats = tuple(tuple(v) for v in info["normalization"])
+    stats = (tuple(tuple(v) for v in info["normalization"])
+             if info.get("normalization") else None)
     splits = ["train", "val", "test"] if eval_cfg.split == "all" else [eval_cfg.split]
-    parts = [SliceDataset(Path(dataset_dir) / s, model.img_size, normalization_stats=stats)
+    parts = [SliceDataset(Path(dataset_dir) / s, model.img_size, normalization_stats=stats,
+                          preprocess=model.preprocess)
              for s in splits if (Path(dataset_dir) / s / "annotations.json").is_file()]
     dataset = _Splits(parts)
     if len(dataset) == 0:

@@ -171,12 +171,14 @@ def convert_volume(vol: Volume, cfg: ConvertConfig, classes: list[int], images: 
             "annotations": [out_anns[i] for i in order], "labelled": label is not None}
 
 
-def slice_annotations(vol: Volume, cfg: ConvertConfig, classes: list[int],
-                      geom: dict) -> tuple[dict[int, list[dict]], int]:
+def slice_annotations(vol: Volume, cfg: ConvertConfig, classes: list[int], geom: dict, *,
+                      min_area: int | None = None) -> tuple[dict[int, list[dict]], int]:
     """Annotations per canonical slice index (only slices with ≥ 1 kept), and the number of
-    components dropped for being smaller than cfg.min_component_area output pixels.
+    components dropped for being smaller than `min_area` output pixels (None:
+    cfg.min_component_area, the training export's filter; evaluation passes 0 to keep all).
 
     Components are found on the output grid, inside the in-plane bounding box of all labels."""
+    min_area = cfg.min_component_area if min_area is None else min_area
     canon, _, ornt = to_canonical(vol.label, vol.affine)
     a = CANONICAL_AXIS[cfg.axis]
     fg, rows, cols = occupied(vol.label, ornt, a)
@@ -201,7 +203,7 @@ def slice_annotations(vol: Volume, cfg: ConvertConfig, classes: list[int],
             comp, n_comp = ndimage.label(stack == value, structure=_STRUCTURE)
             areas = np.bincount(comp.ravel(), minlength=n_comp + 1)[1:]
             objects = ndimage.find_objects(comp)
-            keep = [i for i in range(n_comp) if areas[i] >= cfg.min_component_area]
+            keep = [i for i in range(n_comp) if areas[i] >= min_area]
             dropped += n_comp - len(keep)
             per_call = max(1, _MASK_BYTES // size ** 2)
             for c in range(0, len(keep), per_call):

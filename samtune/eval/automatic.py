@@ -18,6 +18,7 @@ samtune does not depend on): the area filter works per mask instead.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ from torchvision.ops import batched_nms
 from samtune.data.render import SliceGrid
 from samtune.eval.predict import SlicePredictor
 from samtune.models.base import Embeddings, Prompts
+from samtune.models.preprocess import postprocess_logits
 
 __all__ = ["point_grid", "slice_masks", "predict_automatic"]
 log = logging.getLogger(__name__)
@@ -50,25 +52,26 @@ def slice_masks(predictor: SlicePredictor, emb: Embeddings | None, b: int,
 
     cfg: an InferConfig (points_per_side, points_per_batch, thresholds, areas)."""
     size, (nh, nw) = predictor.slice_size, resized_shape
+    predictor = replace(predictor, content=(int(nh), int(nw)))
     points = torch.as_tensor(point_grid(cfg.points_per_side, resized_shape), dtype=torch.float32,
-                             device=predictor.device) * predictor.scale
-    outside = torch.ones(size, size, dtype=torch.bool, device=predictor.device)
-    outside[:nh, :nw] = False
+                             device=predictor.device)
     dev = predictor.device
     data = MaskData(rles=[], boxes=torch.zeros(0, 4, device=dev),
                     iou_preds=torch.zeros(0, device=dev), stability=torch.zeros(0, device=dev))
     for start in range(0, len(points), cfg.points_per_batch):
         pts = points[start:start + cfg.points_per_batch]
-        prompts = Prompts(points=pts[:, None, :],
-                          point_labels=torch.ones(len(pts), 1, dtype=torch.int64, device=dev))
+        prompts = predictor.to_model_prompts(Prompts(
+            points=pts[:, None, :],
+            point_labels=torch.ones(len(pts), 1, dtype=torch.int64, device=dev)))
         logits, iou = predictor.model.decode(emb, b, prompts, multimask=True)
         logits, iou = logits.flatten(0, 1).float(), iou.flatten(0, 1).float()
         keep = iou >= cfg.pred_iou_thresh
         if not keep.any():
             continue
-        logits = F.interpolate(logits[keep][:, None], (size, size), mode="bilinear",
-                               align_corners=False)[:, 0]
-        logits = logits.masked_fill(outside, -1e4)  # the padding is never part of a mask
+        # the family's post-processing onto the content; the padding is never part of a mask
+        logits = postprocess_logits(predictor.preprocessing, logits[keep][:, None], nh, nw,
+                                    predictor.model.img_size)[:, 0]
+        logits = F.pad(logits, (0, size - nw, 0, size - nh), value=-1e4)
         stability = calculate_stability_score(logits, 0.0, cfg.stability_score_offset)
         stable = stability >= cfg.stability_score_thresh
         masks = logits[stable] > 0

@@ -10,12 +10,14 @@ Per slice, one encoder pass serves every prompt (all instances of all classes). 
 class are united; where classes overlap the one with the higher probability wins.
 
 The `oracle` model (samtune.models.oracle) answers each prompt with its ground-truth instance
-resampled slice grid → model grid → slice grid (nearest), through this same path.
+as seen through its grid (`oracle.answer`: the slice grid itself unless model.img_size is set),
+through this same path. Evaluation prompts every component of every slice: no instance cap and
+no minimum area (convert.min_component_area filters training data only).
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -29,6 +31,9 @@ from samtune.data.convert import slice_annotations
 from samtune.data.render import SliceGrid
 from samtune.data.slicing import mask_to_original
 from samtune.models.base import Embeddings, PromptableModel, Prompts
+from samtune.models.oracle import answer as oracle_answer
+from samtune.models.preprocess import (Preprocessing, coord_scale, get_preprocessing,
+                                       postprocess, resize_to_model)
 from samtune.models.prompts import make_prompts, select_best
 from samtune.train.data import normalize
 
@@ -49,10 +54,11 @@ class Instances:
 def gt_instances(vol: Volume, cfg: ConvertConfig, classes: Sequence[int], grid: SliceGrid
                  ) -> dict[int, Instances]:
     """Canonical slice index → its ground-truth instances, exactly as `convert` annotates them
-    (one per 8-connected component per class, components under min_component_area dropped)."""
+    (one per 8-connected component per class), except that no component is dropped, however
+    small: cfg.min_component_area filters the training export, never the evaluation."""
     if vol.label is None:
         return {}
-    anns, _ = slice_annotations(vol, cfg, list(classes), grid.geometry)
+    anns, _ = slice_annotations(vol, cfg, list(classes), grid.geometry, min_area=0)
     out = {}
     for k, items in anns.items():
         rles = [{"size": a["segmentation"]["size"], "counts": a["segmentation"]["counts"]}
@@ -65,39 +71,81 @@ def gt_instances(vol: Volume, cfg: ConvertConfig, classes: Sequence[int], grid: 
 @dataclass
 class SlicePredictor:
     """A model ready to predict slices: normalisation stats (mean, std on 0–255, or None for the
-    model's own), device, and the slice-grid size."""
+    model's own), device, the slice-grid size, and `content`: the h×w of the image inside the
+    slice grid (top-left; the rest is convert's padding), None for the whole S×S. Use `on(grid)`
+    to get the predictor of one volume.
+
+    The content is fed as the model family's official inference code feeds an image
+    (`samtune.models.preprocess`: resize rule, padding, normalisation, prompt coordinates, and
+    low-res logits → content → probabilities)."""
 
     model: PromptableModel
     slice_size: int
     stats: tuple[Sequence[float], Sequence[float]] | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    content: tuple[int, int] | None = None
+
+    def on(self, grid: SliceGrid) -> "SlicePredictor":
+        """This predictor for the slices of `grid` (its resized content shape)."""
+        nh, nw = grid.geometry["resized_shape"]
+        return replace(self, content=(int(nh), int(nw)))
 
     @property
-    def scale(self) -> float:
-        """model grid pixels per slice-grid pixel."""
-        return self.model.img_size / self.slice_size
+    def content_shape(self) -> tuple[int, int]:
+        return self.content or (self.slice_size, self.slice_size)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return get_preprocessing(getattr(self.model, "preprocess", "sam"))
+
+    @property
+    def coord_scale(self) -> tuple[float, float]:
+        """(sx, sy): model-grid coordinate per slice-grid (content) coordinate."""
+        return coord_scale(self.preprocessing, *self.content_shape, self.model.img_size)
 
     @property
     def is_oracle(self) -> bool:
         return bool(getattr(self.model, "is_oracle", False))
 
+    def prepare(self, u8: np.ndarray) -> torch.Tensor:
+        """N×S×S×C uint8 slices (C 1 or 3) → N×3×s×s model input: the content of each slice
+        resized as upstream (`resize_to_model`), then normalised (`normalized`)."""
+        nh, nw = self.content_shape
+        pre, s = self.preprocessing, self.model.img_size
+        x = torch.stack([resize_to_model(pre, _rgb(img[:nh, :nw]), s) for img in u8])
+        return self.normalized(x.to(self.device))
+
     def encode(self, u8: np.ndarray) -> Embeddings | None:
         """N×S×S×C uint8 slices (C 1 or 3) → embeddings of the batch (None for the oracle)."""
         if self.is_oracle:
             return None
-        x = torch.from_numpy(np.ascontiguousarray(u8)).to(self.device, torch.float32)
-        x = x.permute(0, 3, 1, 2)
-        if x.shape[1] == 1:
-            x = x.repeat(1, 3, 1, 1)
-        s = self.model.img_size
-        if x.shape[-1] != s:
-            x = F.interpolate(x, (s, s), mode="bilinear", align_corners=False,
-                              antialias=s < x.shape[-1]).clamp_(0, 255)
-        return self.model.encode(self.normalized(x))
+        return self.model.encode(self.prepare(u8))
 
     def normalized(self, x: torch.Tensor) -> torch.Tensor:
-        """B×3×s×s on 0–255 → normalised with `stats` (or the model's own statistics)."""
+        """B×3×s×s on 0–255 → normalised with `stats` (or the model's own rule)."""
         return self.model.normalize(x) if self.stats is None else normalize(x, *self.stats)
+
+    def to_model_prompts(self, prompts: Prompts) -> Prompts:
+        """Prompts in slice-grid pixels (inside the content) → model-grid coordinates, as the
+        family's predictor transforms a user's coordinates."""
+        sx, sy = self.coord_scale
+        nh, nw = self.content_shape
+        out = Prompts(point_labels=prompts.point_labels, mask_inputs=prompts.mask_inputs)
+        if prompts.boxes is not None:
+            b = prompts.boxes.float().clone()
+            b[:, 0::2] = b[:, 0::2].clamp(0, nw - 1) * sx
+            b[:, 1::2] = b[:, 1::2].clamp(0, nh - 1) * sy
+            out.boxes = b
+        if prompts.points is not None:
+            out.points = prompts.points.float() * torch.tensor([sx, sy], device=self.device)
+        return out
+
+    def to_slice_grid(self, low_res: torch.Tensor) -> torch.Tensor:
+        """N×1×s'×s' low-res logits → N×S×S probabilities on the slice grid (the family's
+        post-processing onto the content, zero in the padding)."""
+        nh, nw = self.content_shape
+        probs = postprocess(self.preprocessing, low_res, nh, nw, self.model.img_size)[:, 0]
+        return F.pad(probs, (0, self.slice_size - nw, 0, self.slice_size - nh))
 
     def to_model_grid(self, masks: np.ndarray) -> torch.Tensor:
         """K×S×S bool on the slice grid → K×s×s bool on the model grid (nearest)."""
@@ -117,22 +165,32 @@ class SlicePredictor:
         if self.is_oracle:
             if gt is None:
                 raise ValueError("the oracle model needs ground-truth masks for its prompts")
-            on_model = self.to_model_grid(gt)[None].float()
-            back = F.interpolate(on_model, (self.slice_size,) * 2, mode="nearest")[0]
-            return back.cpu().numpy()
+            return oracle_answer(gt, self.model.img_size)
         if boxes is not None:
             prompts = Prompts(boxes=torch.as_tensor(boxes, dtype=torch.float32,
-                                                    device=self.device) * self.scale)
+                                                    device=self.device))
         elif gt is not None:
-            prompts = make_prompts(self.to_model_grid(gt), prompt_cfg, generator)
+            prompts = make_prompts(torch.from_numpy(np.ascontiguousarray(gt)), prompt_cfg,
+                                   generator)
         else:
             raise ValueError("decode needs ground-truth masks or boxes")
+        prompts = self.to_model_prompts(_to_device(prompts, self.device))
         logits, iou = self.model.decode(emb, b, prompts, multimask=prompt_cfg.multimask)
         if logits.shape[1] > 1:
             logits, _ = select_best(logits, iou)
-        up = F.interpolate(logits.float(), (self.slice_size,) * 2, mode="bilinear",
-                           align_corners=False)
-        return torch.sigmoid(up[:, 0]).cpu().numpy()
+        return self.to_slice_grid(logits).cpu().numpy()
+
+
+def _rgb(img: np.ndarray) -> np.ndarray:
+    """h×w×C uint8 (C 1 or 3) → h×w×3 uint8."""
+    img = np.ascontiguousarray(img)
+    return np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
+
+
+def _to_device(prompts: Prompts, device: torch.device) -> Prompts:
+    move = (lambda t: None if t is None else t.to(device))  # noqa: E731
+    return Prompts(move(prompts.boxes), move(prompts.points), move(prompts.point_labels),
+                   move(prompts.mask_inputs))
 
 
 def label_slice(probs: np.ndarray, labels: np.ndarray, size: int) -> np.ndarray:
@@ -163,6 +221,7 @@ def predict_with_gt_prompts(predictor: SlicePredictor, grid: SliceGrid,
     instance, all decoded against the slice's one embedding) → canonical slice → S×S label map.
     Prompt jitter (prompt_cfg.bbox_shift) is drawn from a generator seeded with `seed`."""
     generator = torch.Generator().manual_seed(seed)
+    predictor = predictor.on(grid)
     keys = sorted(instances)
     out: dict[int, np.ndarray] = {}
     with torch.inference_mode():

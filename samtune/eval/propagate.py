@@ -62,6 +62,7 @@ def propagate_boxes(predictor: SlicePredictor, grid: SliceGrid, key: int, boxes:
     boxes K×4 on the key slice (slice-grid pixels), labels K class ids. The oracle model needs
     the ground truth, so it is not propagated (its prediction is the key slice only)."""
     cfg = PromptConfig(box=True, bbox_shift=0)
+    predictor = predictor.on(grid)
     size = predictor.slice_size
     out: dict[int, np.ndarray] = {}
     generator = torch.Generator().manual_seed(0)
@@ -92,26 +93,23 @@ def propagate_video(predictor: SlicePredictor, grid: SliceGrid, key: int, boxes:
                     labels: np.ndarray) -> dict[int, np.ndarray]:
     """SAM2-family propagation with sam2's video predictor → canonical slice → S×S label map.
 
-    All slices are encoded as frames at the model grid (normalised like the model's input);
-    object i is box i on the key frame; masks come back at the slice grid."""
+    All slices are frames prepared as the model's input (`SlicePredictor.prepare`: the family's
+    resize and normalisation of each slice's content); object i is box i on the key frame (the
+    video predictor scales it from the content's h×w); masks come back on the content, padded
+    to the slice grid."""
     from sam2 import sam2_video_predictor as svp
 
     from samtune.models.sam2 import build_video_predictor
 
     video = build_video_predictor(predictor.model)
-    size, s = predictor.slice_size, predictor.model.img_size
-    frames = []
-    for start in range(0, grid.n_slices, 16):
-        x = torch.from_numpy(grid.images(range(start, min(start + 16, grid.n_slices))))
-        x = x.to(predictor.device, torch.float32).permute(0, 3, 1, 2)
-        x = x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x
-        if x.shape[-1] != s:
-            x = F.interpolate(x, (s, s), mode="bilinear", align_corners=False).clamp_(0, 255)
-        frames.append(predictor.normalized(x))
-    images = torch.cat(frames)
+    predictor = predictor.on(grid)
+    size, (nh, nw) = predictor.slice_size, predictor.content_shape
+    images = torch.cat([predictor.prepare(grid.images(range(start, min(start + 16,
+                                                                         grid.n_slices))))
+                        for start in range(0, grid.n_slices, 16)])
 
     def frames_loader(**_: object) -> tuple[torch.Tensor, int, int]:
-        return images, size, size
+        return images, nh, nw  # the video is the slices' content: boxes and masks in its pixels
 
     out: dict[int, np.ndarray] = {}
     with torch.inference_mode(), mock.patch.object(svp, "load_video_frames", frames_loader):
@@ -121,7 +119,8 @@ def propagate_video(predictor: SlicePredictor, grid: SliceGrid, key: int, boxes:
         for reverse in (False, True):
             for k, obj_ids, logits in video.propagate_in_video(state, start_frame_idx=key,
                                                                reverse=reverse):
-                probs = torch.sigmoid(logits[:, 0].float()).cpu().numpy()
+                probs = torch.sigmoid(logits[:, 0].float())
+                probs = F.pad(probs, (0, size - nw, 0, size - nh)).cpu().numpy()
                 out[k] = label_slice(probs, labels[list(obj_ids)], size)
     log.info("sam2 video propagation of %d objects from slice %d over %d slices", len(boxes),
              key, len(out))

@@ -61,6 +61,8 @@ class PromptableModel(nn.Module):
     `image_encoder`, `prompt_encoder` and `mask_decoder` (for freezing and LoRA targeting)."""
 
     family: str = ""
+    # the upstream input path (samtune.models.preprocess key); set from the zoo entry
+    preprocess: str = "sam"
     image_encoder: nn.Module
     prompt_encoder: nn.Module
     mask_decoder: nn.Module
@@ -73,7 +75,12 @@ class PromptableModel(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), False)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """B×3×S×S in 0–255 → normalised with the model's pixel mean/std."""
+        """B×3×S×S in 0–255 → the model input, as the family's official code normalises it:
+        MedSAM min-max per image to [0, 1], the others the model's pixel mean/std."""
+        if self.preprocess == "medsam":
+            from samtune.models.preprocess import PREPROCESSING, normalize_images
+
+            return normalize_images(PREPROCESSING["medsam"], images)
         return (images - self.pixel_mean) / self.pixel_std
 
     def encode(self, images: torch.Tensor) -> Embeddings:

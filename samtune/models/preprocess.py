@@ -23,7 +23,6 @@ families: sigmoid(logit) > 0.5 ⇔ logit > 0.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -86,44 +85,56 @@ def coord_scale(pre: Preprocessing, h: int, w: int, size: int) -> tuple[float, f
     return nw / w, nh / h
 
 
-@lru_cache(maxsize=8)
-def _sam2_transforms(size: int) -> torch.nn.Module:
-    from sam2.utils.transforms import SAM2Transforms
-
-    return SAM2Transforms(resolution=size, mask_threshold=0.0)
-
-
-def prepare_image(pre: Preprocessing, image: np.ndarray, size: int) -> torch.Tensor:
-    """H×W×3 uint8 → 3×S×S float32 model input (normalised, padded where the family pads)."""
+def resize_to_model(pre: Preprocessing, image: np.ndarray, size: int) -> torch.Tensor:
+    """H×W×3 uint8 → 3×S×S float32 on the 0–255 scale, resized as upstream resizes (see the
+    module docstring). `sam` pads bottom/right with the ImageNet mean, which the family's
+    normalisation maps to exactly 0: upstream pads with 0 after normalising."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an H×W×3 uint8 image, got {image.shape} {image.dtype}")
     if pre.name == "sam":
         from segment_anything.utils.transforms import ResizeLongestSide
 
-        resized = ResizeLongestSide(size).apply_image(image)
-        x = torch.as_tensor(resized).permute(2, 0, 1).float()
-        mean = torch.tensor(IMAGENET_MEAN_255).view(3, 1, 1)
-        std = torch.tensor(IMAGENET_STD_255).view(3, 1, 1)
-        x = (x - mean) / std
-        return F.pad(x, (0, size - x.shape[2], 0, size - x.shape[1]))
+        resized = torch.as_tensor(ResizeLongestSide(size).apply_image(image))
+        out = torch.tensor(IMAGENET_MEAN_255).view(3, 1, 1).repeat(1, size, size)
+        out[:, :resized.shape[0], :resized.shape[1]] = resized.permute(2, 0, 1).float()
+        return out
     if pre.name == "medsam":
         from skimage.transform import resize
 
         r = resize(image, (size, size), order=3, preserve_range=True,
                    anti_aliasing=True).astype(np.uint8)
-        r = (r - r.min()) / np.clip(r.max() - r.min(), a_min=1e-8, a_max=None)
-        return torch.tensor(r).float().permute(2, 0, 1)
+        return torch.from_numpy(r.transpose(2, 0, 1).astype(np.float32))
     if pre.name == "sam2":
-        return _sam2_transforms(size)(image)
+        # SAM2Transforms: ToTensor (/255) → Resize((S, S)) (bilinear, antialiased) → Normalize;
+        # the resize is linear, so resizing x and dividing by 255 afterwards is the same.
+        from torchvision.transforms.functional import resize as tv_resize
+
+        x = torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
+        return tv_resize(x, [size, size], antialias=True) * 255.0
     if pre.name == "medsam2":
         from PIL import Image
 
         r = np.asarray(Image.fromarray(image).convert("RGB").resize((size, size)))
-        x = torch.from_numpy(r.transpose(2, 0, 1).astype(np.float64) / 255.0).float()
-        mean = torch.tensor(IMAGENET_MEAN_01).view(3, 1, 1)
-        std = torch.tensor(IMAGENET_STD_01).view(3, 1, 1)
-        return (x - mean) / std
+        return torch.from_numpy(r.transpose(2, 0, 1).astype(np.float32))
     raise ValueError(f"unknown preprocessing '{pre.name}'")
+
+
+def normalize_images(pre: Preprocessing, images: torch.Tensor) -> torch.Tensor:
+    """B×3×S×S on 0–255 (from `resize_to_model`) → the model input: MedSAM min-max per image
+    to [0, 1]; every other family ImageNet mean/std (SAM2's /255 then mean/std on 0–1 is the
+    same map: 255·0.485 = 123.675, …)."""
+    if pre.name == "medsam":
+        lo = images.amin(dim=(1, 2, 3), keepdim=True)
+        hi = images.amax(dim=(1, 2, 3), keepdim=True)
+        return (images - lo) / (hi - lo).clamp_min(1e-8)
+    mean = torch.tensor(IMAGENET_MEAN_255, dtype=images.dtype, device=images.device)
+    std = torch.tensor(IMAGENET_STD_255, dtype=images.dtype, device=images.device)
+    return (images - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+
+
+def prepare_image(pre: Preprocessing, image: np.ndarray, size: int) -> torch.Tensor:
+    """H×W×3 uint8 → 3×S×S float32 model input (resized, normalised, padded as upstream)."""
+    return normalize_images(pre, resize_to_model(pre, image, size)[None])[0]
 
 
 def masks_to_model(pre: Preprocessing, masks: torch.Tensor, size: int) -> torch.Tensor:
@@ -145,7 +156,7 @@ def postprocess_logits(pre: Preprocessing, low_res: torch.Tensor, h: int, w: int
     probabilities, not logits: its values are the logit of those)."""
     low_res = low_res.float()
     if pre.name == "medsam":
-        return torch.logit(postprocess(pre, low_res, h, w, size).double()).float()
+        return torch.logit(postprocess(pre, low_res, h, w, size).double(), eps=1e-12).float()
     if pre.name == "sam":
         nh, nw = resized_shape(pre, h, w, size)
         up = F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)

@@ -18,6 +18,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from samtune.config import ModelConfig
+from samtune.models import hq_sam as hq
 from samtune.models import sam2 as s2
 from samtune.models.base import PromptableModel
 from samtune.models.oracle import build_oracle
@@ -148,6 +149,19 @@ MODELS: dict[str, ModelSpec] = {
     "mobile_sam": _spec("mobile_sam", build_mobile_sam, "mobile_sam.pt",
                         "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/"
                         "mobile_sam.pt", "MobileSAM: TinyViT-5M encoder distilled from SAM"),
+    # HQ-SAM (SysCV/sam-hq, Ke et al. 2023): SAM + HQ output token; builders in models/hq_sam.py
+    "hq_sam_vit_b": _spec("sam", hq.build_hq_sam_vit_b, "sam_hq_vit_b.pth",
+                          hq.HQ_URL + "sam_hq_vit_b.pth", "HQ-SAM ViT-B (SAM + HQ token)"),
+    "hq_sam_vit_l": _spec("sam", hq.build_hq_sam_vit_l, "sam_hq_vit_l.pth",
+                          hq.HQ_URL + "sam_hq_vit_l.pth", "HQ-SAM ViT-L (SAM + HQ token)"),
+    "hq_sam_vit_h": _spec("sam", hq.build_hq_sam_vit_h, "sam_hq_vit_h.pth",
+                          hq.HQ_URL + "sam_hq_vit_h.pth", "HQ-SAM ViT-H (SAM + HQ token)"),
+    "hq_sam_vit_tiny": _spec("mobile_sam", hq.build_hq_sam_vit_tiny, "sam_hq_vit_tiny.pth",
+                             hq.HQ_URL + "sam_hq_vit_tiny.pth",
+                             "Light HQ-SAM: MobileSAM's TinyViT encoder + HQ decoder"),
+    "hq_sam_tiny": _spec("sam", hq.build_hq_sam_tiny, None, None,
+                         "tiny HQ-SAM ViT (random weights) for CPU tests and demos",
+                         img_size=256),
     "sam_tiny": _spec("sam", build_sam_tiny, None, None,
                       "tiny SAM ViT (random weights) for CPU tests and demos", img_size=256),
     "sam2_hiera_t": _spec("sam2", s2.build_sam2_hiera_t, "sam2_hiera_tiny.pt",
@@ -219,7 +233,9 @@ def build_architecture(name: str, img_size: int | None = None, meta: bool = Fals
     size = img_size or spec.img_size
     check_img_size(name, size)
     with meta_device() if meta else contextlib.nullcontext():
-        return spec.builder(size)
+        model = spec.builder(size)
+    model.preprocess = spec.preprocess
+    return model
 
 
 def build_model(cfg: ModelConfig) -> PromptableModel:

@@ -130,11 +130,17 @@ class Sam2Wrapper(PromptableModel):
         masks = None if prompts.mask_inputs is None else prompts.mask_inputs.to(dtype)
         sparse, dense = self.sam_prompt_encoder(
             points=None if coords is None else (coords, labels), boxes=None, masks=masks)
-        low_res, iou, _tokens, _obj = self.sam_mask_decoder(
+        low_res, iou, _tokens, obj = self.sam_mask_decoder(
             image_embeddings=image, image_pe=self.sam_prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
             multimask_output=multimask, repeat_image=True,
             high_res_features=[h[b:b + 1].to(dtype) for h in emb.high_res] or None)
+        gate = self.preprocess == "medsam2" and self.sam_mask_decoder.pred_obj_scores
+        if gate and not self.training:
+            # MedSAM2 runs through sam2's video predictor, whose SAM heads blank the masks of an
+            # object its score calls absent (SAM2Base._forward_sam_heads); training keeps them.
+            low_res = torch.where(obj[:, :, None, None] > 0, low_res,
+                                  torch.full_like(low_res, -1024.0))
         return low_res, iou
 
 

@@ -2,19 +2,23 @@
 
 One item per image record (COCO, written by `samtune.data.export`):
 
-    image     3×S×S float32 on the 0–255 scale (grey PNGs replicated to 3 channels; resized to
-              S = the model's img_size when stored at another size: bilinear, antialiased)
+    image     3×S×S float32 on the 0–255 scale: the slice's content (the record's
+              transform.resized_shape, without convert's padding; grey PNGs replicated to 3
+              channels) resized to S = the model's img_size exactly as the family's official
+              inference resizes it (`samtune.models.preprocess.resize_to_model`; SAM: longest
+              side + padding that normalises to 0), so `model.normalize` of it is upstream's input
     masks     K×S×S bool, one per annotation (connected component of one class), decoded from
-              RLE (or polygons) with pycocotools; resized nearest-neighbour (an instance left
-              with no pixel on the model's grid is dropped)
+              RLE (or polygons) with pycocotools; taken to the model grid alike (nearest; an
+              instance left with no pixel on the model's grid is dropped)
     labels    K int64 category ids
     image_id  int; case_id str; key str: the slice's identity for the embedding cache
               (dataset fingerprint, split, image id and sha256 of the PNG bytes)
 
 Images without instances are kept with K = 0 (empty-slice negatives matter for validation; the
 loop skips prompting and mask decoding for them). Images stay on the 0–255 scale here;
-normalisation happens on the batch (`normalize`) with the model's ImageNet mean/std or, with
-`train.normalization: dataset`, the train-split statistics of dataset.json.
+normalisation happens on the batch: `model.normalize` (the family's own rule) by default, or
+(mean, std) from `train.normalization: imagenet | dataset` (the train-split statistics of
+dataset.json).
 """
 from __future__ import annotations
 
@@ -35,6 +39,8 @@ from torch.utils.data import DataLoader, Dataset
 from samtune.data.cases import DataError
 from samtune.data.datasets import read_coco_json
 from samtune.models.base import Embeddings, PromptableModel
+from samtune.models.preprocess import (IMAGENET_MEAN_255, IMAGENET_STD_255,
+                                       get_preprocessing, masks_to_model, resize_to_model)
 
 __all__ = ["SliceDataset", "collate", "make_loader", "dataset_normalization",
            "resolve_normalization", "normalize", "load_training_data"]
@@ -54,9 +60,11 @@ class SliceDataset(Dataset):
     """
 
     def __init__(self, split_dir: Path, img_size: int, *,
-                 normalization_stats: tuple[Triple, Triple] | dict | None = None):
+                 normalization_stats: tuple[Triple, Triple] | dict | None = None,
+                 preprocess: str = "sam"):
         self.split_dir = Path(split_dir)
         self.img_size = int(img_size)
+        self.preprocessing = get_preprocessing(preprocess)
         self.normalization = _triples(normalization_stats, self.split_dir)
         self.split = self.split_dir.name
         path = self.split_dir / "annotations.json"
@@ -96,22 +104,17 @@ class SliceDataset(Dataset):
             if img.mode not in ("L", "RGB"):
                 img = img.convert("RGB")
             pixels = np.asarray(img)
-        if pixels.ndim == 2:  # convert one channel, then copy it (cheaper than 3 conversions)
-            image = torch.tensor(pixels, dtype=torch.float32)[None].repeat(3, 1, 1)
-        else:
-            image = torch.tensor(pixels.transpose(2, 0, 1), dtype=torch.float32)
-        h, w = image.shape[-2:]
+        if pixels.ndim == 2:
+            pixels = np.repeat(pixels[..., None], 3, axis=2)
+        h, w = pixels.shape[:2]
         masks = _decode_masks(anns, h, w, path)
-        s = self.img_size
-        if (h, w) != (s, s):
-            image = F.interpolate(image[None], (s, s), mode="bilinear", align_corners=False,
-                                  antialias=s < max(h, w))[0].clamp_(0, 255)
-            if len(masks):
-                masks = F.interpolate(masks[None].to(torch.uint8), (s, s), mode="nearest")[0].bool()
-                kept = masks.flatten(1).any(1)  # a component too small for the new grid is gone
-                masks, anns = masks[kept], [a for a, k in zip(anns, kept.tolist()) if k]
-            else:
-                masks = torch.zeros(0, s, s, dtype=torch.bool)
+        nh, nw = (rec.get("transform") or {}).get("resized_shape", (h, w))
+        pixels, masks = pixels[:nh, :nw], masks[:, :nh, :nw]  # convert's padding is not content
+        image = resize_to_model(self.preprocessing, np.ascontiguousarray(pixels), self.img_size)
+        masks = masks_to_model(self.preprocessing, masks, self.img_size)
+        kept = masks.flatten(1).any(1)  # a component too small for the model grid is gone
+        if not bool(kept.all()):
+            masks, anns = masks[kept], [a for a, k in zip(anns, kept.tolist()) if k]
         labels = torch.tensor([a["category_id"] for a in anns], dtype=torch.int64)
         return {"image": image, "masks": masks, "labels": labels, "image_id": int(rec["id"]),
                 "case_id": str(rec.get("case_id", "")), "key": self.key(index, raw)}
@@ -242,22 +245,23 @@ def dataset_normalization(dataset_json: Path) -> tuple[Triple, Triple]:
         raise DataError(dataset_json, f"cannot read dataset statistics: {exc}") from None
     if not isinstance(stats, dict) or stats.get("mean_255") is None or stats.get("std_255") is None:
         raise DataError(dataset_json, "no train-split pixel statistics (stats.mean_255/std_255); "
-                                      "use train.normalization: imagenet or re-run prepare")
+                                      "use train.normalization: model or re-run prepare")
     return _triples(stats, dataset_json)  # type: ignore[return-value]
 
 
 def resolve_normalization(kind: str, model: PromptableModel,
-                          dataset_json: Path | None = None) -> tuple[Triple, Triple]:
-    """`TrainConfig.normalization` → (mean, std) 0–255 triples: "imagenet" → the model's own
-    pixel mean/std (what `model.normalize` uses), "dataset" → `dataset_normalization`."""
+                          dataset_json: Path | None = None) -> tuple[Triple, Triple] | None:
+    """`TrainConfig.normalization` → None for "model" (the family's own `model.normalize`), or
+    (mean, std) 0–255 triples: "imagenet" → ImageNet's, "dataset" → `dataset_normalization`."""
+    if kind == "model":
+        return None
     if kind == "imagenet":
-        return (tuple(model.pixel_mean.flatten().tolist()),  # type: ignore[return-value]
-                tuple(model.pixel_std.flatten().tolist()))
+        return IMAGENET_MEAN_255, IMAGENET_STD_255
     if kind == "dataset":
         if dataset_json is None:
             raise ValueError("normalization 'dataset' needs the export's dataset.json")
         return dataset_normalization(dataset_json)
-    raise ValueError(f"unknown normalization '{kind}' (imagenet or dataset)")
+    raise ValueError(f"unknown normalization '{kind}' (model, imagenet or dataset)")
 
 
 def normalize(images: torch.Tensor, mean: Triple, std: Triple) -> torch.Tensor:
@@ -269,14 +273,17 @@ def normalize(images: torch.Tensor, mean: Triple, std: Triple) -> torch.Tensor:
 
 def load_training_data(dataset_dir: Path, img_size: int, normalization: str,
                        model: PromptableModel) -> tuple[SliceDataset, SliceDataset | None]:
-    """(train, val) datasets of an export folder, both carrying `.normalization` (mean, std).
+    """(train, val) datasets of an export folder, both carrying `.normalization` ((mean, std),
+    or None for the model's own) and the model's preprocessing.
 
     Raises DataError naming the folder when the train split has no slices or no instance at all;
     val is None (with a warning) when the export has no val slices.
     """
     dataset_dir = Path(dataset_dir)
     stats = resolve_normalization(normalization, model, dataset_dir / "dataset.json")
-    train = SliceDataset(dataset_dir / "train", img_size, normalization_stats=stats)
+    pre = getattr(model, "preprocess", "sam")
+    train = SliceDataset(dataset_dir / "train", img_size, normalization_stats=stats,
+                         preprocess=pre)
     if len(train) == 0:
         raise DataError(train.split_dir, "no training slices: check split ratios / empty_slices")
     if train.n_instances == 0:
@@ -284,7 +291,7 @@ def load_training_data(dataset_dir: Path, img_size: int, normalization: str,
                                          "no annotation (labels empty or all below "
                                          "min_component_area?)")
     val_dir = dataset_dir / "val"
-    val = SliceDataset(val_dir, img_size, normalization_stats=stats) \
+    val = SliceDataset(val_dir, img_size, normalization_stats=stats, preprocess=pre) \
         if (val_dir / "annotations.json").is_file() else None
     if val is None or len(val) == 0:
         logger.warning("%s: no validation slices; validation is skipped", val_dir)

@@ -60,10 +60,14 @@ def weights_hash(weights: nn.Module | Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def preprocess_key(img_size: int, mean: Sequence[float], std: Sequence[float]) -> dict[str, Any]:
-    """The preprocessing part of the key: input size and normalisation (0–255 units)."""
-    return {"img_size": int(img_size), "mean": [round(float(m), 6) for m in mean],
-            "std": [round(float(s), 6) for s in std]}
+def preprocess_key(img_size: int, mean: Sequence[float] | None, std: Sequence[float] | None,
+                   preprocess: str = "sam") -> dict[str, Any]:
+    """The preprocessing part of the key: input size, the family's input path
+    (`samtune.models.preprocess`) and the normalisation (0–255 units; None: the family's)."""
+    key: dict[str, Any] = {"img_size": int(img_size), "preprocess": preprocess}
+    if mean is not None and std is not None:
+        key.update(mean=[round(float(m), 6) for m in mean], std=[round(float(s), 6) for s in std])
+    return key
 
 
 def encoder_state(model: PromptableModel) -> dict[str, torch.Tensor]:
@@ -245,13 +249,15 @@ def cache_embeddings(dataset: Dataset, model: PromptableModel, root: Path, *, en
                      batch_size: int = 8, device: torch.device | str | None = None) -> Dataset:
     """`dataset` with cached embeddings (`CachedEmbeddingDataset`, cache built now) when
     `enabled` and the encoder is frozen (`encoder_is_frozen`); else `dataset` unchanged. The
-    normalisation is the dataset's `normalization` (mean, std) if set, else the model's."""
+    normalisation is the dataset's `normalization` (mean, std) if set, else the model's own
+    (`model.normalize`, keyed by its preprocessing)."""
     if not enabled or not encoder_is_frozen(model):
         logger.info("embedding cache off (%s)", "disabled" if not enabled else "encoder trains")
         return dataset
     stats = getattr(dataset, "normalization", None)
-    mean, std = stats if stats is not None else (model.pixel_mean.flatten().tolist(),
-                                                 model.pixel_std.flatten().tolist())
-    cache = EmbeddingCache(root, model, preprocess_key(model.img_size, mean, std))
-    cache.build(dataset, batch_size, lambda x: normalize(x, mean, std), device)
+    mean, std = stats if stats is not None else (None, None)
+    norm = model.normalize if stats is None else (lambda x: normalize(x, mean, std))
+    cache = EmbeddingCache(root, model, preprocess_key(model.img_size, mean, std,
+                                                       model.preprocess))
+    cache.build(dataset, batch_size, norm, device)
     return CachedEmbeddingDataset(dataset, cache)

@@ -29,8 +29,18 @@ SAM2_UPSTREAM = {
 OFFICIAL = [n for n, s in MODELS.items() if s.checkpoint]
 
 
+HQ_UPSTREAM = {"hq_sam_vit_b": "vit_b", "hq_sam_vit_l": "vit_l", "hq_sam_vit_h": "vit_h",
+               "hq_sam_vit_tiny": "vit_tiny"}
+
+
 def upstream_model(name: str) -> torch.nn.Module:
     """The model the upstream package's own builder makes for `name` (on the current device)."""
+    if name in HQ_UPSTREAM:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from segment_anything_hq import sam_model_registry
+
+        return sam_model_registry[HQ_UPSTREAM[name]]()
     if name in SAM_UPSTREAM:
         import segment_anything
 
@@ -52,7 +62,8 @@ def shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
 
 
 def test_every_official_entry_has_an_upstream_reference() -> None:
-    assert sorted(OFFICIAL) == sorted([*SAM_UPSTREAM, "mobile_sam", *SAM2_UPSTREAM])
+    assert sorted(OFFICIAL) == sorted([*SAM_UPSTREAM, "mobile_sam", *SAM2_UPSTREAM,
+                                       *HQ_UPSTREAM])
     assert {"sam_tiny", "sam2_tiny"} <= set(MODELS)
 
 

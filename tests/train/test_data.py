@@ -112,12 +112,13 @@ def test_resize_bilinear_image_nearest_mask(tmp_path):
     row = item["image"][0, 0]
     assert row[0] == 0 and row[-1] == 200 and 0 < row[31] < 200  # bilinear ramp at the edge
     down = SliceDataset(tmp_path / "s", 8)[0]
-    assert down["masks"].shape == (1, 8, 8) and int(down["masks"].sum()) == 2 * 2
+    # nearest-exact (pixel centres) samples odd rows/columns: rows 5, 7 and column 3
+    assert down["masks"].shape == (1, 8, 8) and int(down["masks"].sum()) == 2 * 1
 
 
 def test_instances_lost_by_downscaling_are_dropped(tmp_path):
     dot = np.zeros((16, 16), bool)
-    dot[5, 5] = True  # nearest 16 → 8 samples even rows/columns only: this pixel vanishes
+    dot[4, 4] = True  # nearest-exact 16 → 8 samples odd rows/columns only: this pixel vanishes
     write_split(tmp_path / "s", [{"pixels": np.zeros((16, 16), np.uint8),
                                   "masks": [(2, dot), (1, box_mask(16, 8, 12, 8, 12))]}], 16)
     item = SliceDataset(tmp_path / "s", 8)[0]
@@ -209,12 +210,14 @@ def test_dataset_normalization_from_compute_stats(tmp_path):
         dataset_normalization(root / "dataset.json")
 
 
-def test_resolve_normalization_imagenet_uses_the_models_mean_std():
+def test_resolve_normalization_model_imagenet_dataset():
     class Fake(torch.nn.Module):
         pixel_mean = torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1, 1)
         pixel_std = torch.tensor([4.0, 5.0, 6.0]).view(1, 3, 1, 1)
 
-    assert resolve_normalization("imagenet", Fake()) == ((1.0, 2.0, 3.0), (4.0, 5.0, 6.0))
+    assert resolve_normalization("model", Fake()) is None  # the family's own model.normalize
+    assert resolve_normalization("imagenet", Fake()) == ((123.675, 116.28, 103.53),
+                                                         (58.395, 57.12, 57.375))
     with pytest.raises(ValueError, match="dataset.json"):
         resolve_normalization("dataset", Fake())
 

@@ -197,4 +197,5 @@ def test_cache_embeddings_only_when_enabled_and_frozen(tmp_path):
     assert torch.allclose(item["embeddings"].image, exact, atol=1e-2, rtol=1e-2)
     folder = next(p for p in (tmp_path / "c").iterdir())
     meta = json.loads((folder / "meta.json").read_text())
-    assert meta["preprocess"] == {"img_size": S, "mean": [10.0] * 3, "std": [20.0] * 3}
+    assert meta["preprocess"] == {"img_size": S, "preprocess": "sam", "mean": [10.0] * 3,
+                                  "std": [20.0] * 3}
