@@ -32,8 +32,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-cache", action="store_true", help="re-run every step")
     for what in ("datasets", "pipelines", "models"):
         p.add_argument(f"--list-{what}", action="store_true", help=f"list the {what}")
-    p.add_argument("--download", metavar="MODEL",
-                   help="fetch MODEL's official checkpoint into model.checkpoints_dir")
+    p.add_argument("--download", metavar="MODEL", nargs="?", const="",
+                   help="fetch MODEL's (default: the config's model) official checkpoint into "
+                        "model.checkpoints_dir; with --pipeline, then run")
     p.add_argument("--check", action="store_true",
                    help="system check: versions, devices, disk, stack, checkpoints, smoke test")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -63,9 +64,11 @@ def _print_listing(args: argparse.Namespace) -> None:
         from samtune.models.registry import list_models
 
         print(f"{'model':<16} {'family':<10} {'params':>12} {'img':>5}  checkpoint (sha256)")
+        print(f"{'':<16} preprocessing: the upstream inference it reproduces")
         for m in list_models():
             print(f"{m['name']:<16} {m['family']:<10} {m['params']:>12,} {m['img_size']:>5}  "
                   f"{m['checkpoint'] or '-'} ({m['sha256'] or 'unknown'})")
+            print(f"{'':<16} {m['preprocess']}")
 
 
 def _dry_run(cfg: Config, pipeline: str) -> None:
@@ -85,6 +88,33 @@ def _dry_run(cfg: Config, pipeline: str) -> None:
     if cfg.data.root is not None and not cfg.data.root.exists() and cfg.data.layout != "phantoms":
         log.warning("data.root %s does not exist (yet): the run would stop at ingest",
                     cfg.data.root)
+    missing = _missing_checkpoint(cfg, pipeline)
+    if missing:
+        log.warning("the run would stop before any step: %s", missing)
+
+
+def _missing_checkpoint(cfg: Config, pipeline: str) -> str | None:
+    """What is wrong when a pipeline that builds the `model` section from its checkpoint would
+    not find the file (benchmark cells note their own; evaluate/infer with eval.model_uri load a
+    trained model instead)."""
+    builds = pipeline in ("finetune", "retrain") or (
+        pipeline in ("evaluate", "infer") and cfg.eval.model_uri is None)
+    if not builds:
+        return None
+    from samtune.models.checkpoint_files import missing_checkpoint_message
+
+    return missing_checkpoint_message(cfg)
+
+
+def _download(name: str, cfg: Config) -> int:
+    from samtune.models.checkpoints import download
+
+    try:
+        print(download(name or cfg.model.name, cfg.model.checkpoints_dir))
+    except (OSError, ValueError) as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
 
 
 def _report(run: object, output_dir: Path) -> None:
@@ -156,15 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.list_datasets or args.list_pipelines or args.list_models:
         _print_listing(args)
         return 0
-    if args.download:
-        from samtune.models.checkpoints import download
-
+    if args.download is not None and not args.pipeline:
         try:
-            print(download(args.download, load_config(args.config, args.set).model.checkpoints_dir))
-        except (OSError, ValueError, ConfigError) as exc:
+            return _download(args.download, load_config(args.config, args.set))
+        except ConfigError as exc:
             log.error("%s", exc)
-            return 1
-        return 0
+            return 2
     if args.check:
         try:
             return _check(load_config(args.config, args.set))
@@ -182,6 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         _dry_run(cfg, args.pipeline)
         return 0
+    failed = args.download is not None and _download(args.download, cfg)
+    missing = _missing_checkpoint(cfg, args.pipeline)
+    if missing:  # before ZenML or the stack is touched
+        log.error("run failed before any step: %s", missing)
+    if failed or missing:
+        return 1
     try:
         return run_pipeline(cfg, args.pipeline, args.no_cache, args.verbose)
     except (DataError, ConfigError, RegistryError) as exc:

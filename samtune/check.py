@@ -59,7 +59,9 @@ def checkpoint_rows(cfg: Config) -> list[Row]:
         return [("checkpoint", "ok", f"{cfg.model.name}: none configured (random init)")]
     path = cfg.model.checkpoints_dir / cfg.model.checkpoint
     if not path.is_file():
-        return [("checkpoint", "fail", f"{path} missing; `run.py --download {cfg.model.name}`")]
+        from samtune.models.checkpoint_files import missing_checkpoint_message
+
+        return [("checkpoint", "fail", missing_checkpoint_message(cfg) or f"{path} missing")]
     expected = getattr(spec, "sha256", None)
     if expected and file_sha256(path) != expected:
         return [("checkpoint", "warn", f"{path}: sha256 differs from the official file")]

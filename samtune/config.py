@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from samtune.config_sections import (  # noqa: F401  re-exported: one tree, one import path
     BenchmarkConfig,
@@ -60,9 +60,55 @@ class Config(Section):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
+    @model_validator(mode="after")
+    def _fit_the_model(self) -> "Config":
+        """Model settings checked against the zoo before any work, and `convert.img_size: None`
+        resolved to the model's input size (model.img_size, else the zoo entry's) and stored, so
+        every reader gets an int and `--set model.name=medsam2` re-derives it (512)."""
+        from samtune.models.registry import check_img_size, get_spec  # imports torch: lazily
+
+        model = self.model
+        try:
+            spec = get_spec(model.name)
+        except ValueError as exc:
+            raise ValueError(f"model.name: {exc}") from None
+        if model.img_size is not None:
+            try:
+                check_img_size(model.name, model.img_size)
+            except ValueError as exc:
+                raise ValueError(f"model.img_size: {exc}") from None
+        if model.method == "qlora" and self.train.device == "cpu":
+            raise ValueError("model.method qlora needs a CUDA GPU (4-bit bitsandbytes weights) "
+                             "but train.device is cpu; use model.method lora on the CPU, or "
+                             "train.device cuda/auto on a GPU machine")
+        if model.method in ("lora", "qlora"):
+            _check_lora_targets(model.name, spec.family, list(model.lora.targets))
+        if "onnx" in self.train.export and (spec.family not in ("sam", "mobile_sam")
+                                            or model.name.startswith("hq_")):
+            raise ValueError(f"train.export onnx: segment-anything's ONNX layout covers SAM, "
+                             f"MedSAM and MobileSAM, not '{model.name}' (family {spec.family})")
+        if self.convert.img_size is None:
+            self.convert.img_size = model.img_size or spec.img_size
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict with YAML key names (what `--dry-run` prints)."""
         return self.model_dump(mode="json", by_alias=True)
+
+
+def _check_lora_targets(name: str, family: str, targets: list[str]) -> None:
+    """Every LoRA target must exist in the model's family (`adapters.TARGET_PATTERNS`; training
+    re-checks them against the built model's modules in `adapters.resolve_targets`)."""
+    from samtune.models.adapters import family_patterns
+
+    try:
+        patterns = family_patterns(family)
+    except ValueError as exc:
+        raise ValueError(f"model.lora.targets: model '{name}' cannot take LoRA ({exc})") from None
+    absent = [t for t in targets if t not in patterns]
+    if absent:
+        raise ValueError(f"model.lora.targets {absent} do not exist in the '{family}' family of "
+                         f"'{name}'; valid: {', '.join(patterns)}")
 
 
 def _closest(key: str, model: type[BaseModel] | None) -> str:
@@ -95,6 +141,8 @@ def _format(err: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden":
             hint = _closest(str(loc[-1]), _model_at(loc[:-1]))
             lines.append(f"  {dotted}: unknown key{hint}")
+        elif not loc:  # a root validator's message names its own keys
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"  {dotted}: {e['msg']}")
     return "\n".join(lines)

@@ -182,6 +182,10 @@ class TrainConfig(Section):
     resume: Path | None = None
     cache_dir: Path = Field(Path(".samtune/cache"), description="frozen-encoder embeddings")
     qc_every: int = Field(5, ge=1, description="epochs between QC overlay images")
+    export: list[Literal["onnx"]] = Field(
+        default_factory=list, description="extra exports of the best model beside full.pt, "
+        "image_encoder.pt (and the LoRA files): onnx → weights/encoder.onnx + decoder.onnx "
+        "(segment-anything's ONNX layout; SAM/MedSAM/MobileSAM), checked with onnxruntime")
     prompts: PromptConfig = Field(default_factory=PromptConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 

@@ -64,6 +64,7 @@ def train_on_export(dataset_dir: Path, model_cfg: ModelConfig, train_cfg: TrainC
     if best is not None:
         load_model_weights(model, load_state(best)["model"])
     kinds = ["full", "image_encoder"] + (["lora_adapter", "lora_merged"] if has_lora(model) else [])
+    kinds += list(train_cfg.export)
     files = export_weights(model, out_dir / "weights", kinds)
     training_curves(result.history, out_dir / "curves.png")
     summary = {"best_val_dice": result.best_val_dice, "epochs": result.epochs,

@@ -7,10 +7,10 @@ Input — a dict (one image) or a pandas DataFrame (one image per row) with colu
 Output — a list of H×W uint8 masks (0/1), one per box, in row order then box order (so for one
 image: one mask per box). A row without boxes adds nothing.
 
-Pre-processing as SAM's: the longest side is resized to the model's S (bilinear, antialiased when
-shrinking), the image padded to S×S at the bottom/right, normalised with the training pixel
-statistics; one encoder pass per image. Masks are the upscaled logits cropped to the image,
-resized back to H×W (bilinear) and thresholded at logit 0 (sigmoid 0.5).
+Pre- and post-processing are the model family's official ones (`samtune.models.preprocess`, as
+evaluation uses them: SAM's longest-side resize and padding after normalisation, MedSAM's
+min-max, SAM2's transforms), normalised with the training statistics when the model was
+trained with `imagenet`/`dataset` normalisation; one encoder pass per image.
 """
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
@@ -78,33 +77,25 @@ def _as_boxes(boxes: Any) -> np.ndarray:
 
 
 @torch.inference_mode()
-def segment_boxes(model: Any, image: np.ndarray, boxes: np.ndarray, mean: torch.Tensor,
-                  std: torch.Tensor) -> list[np.ndarray]:
-    """One image H×W×3 uint8 and its N×4 boxes (image pixels) → N masks H×W uint8 (0/1)."""
-    from samtune.models.base import Prompts
+def segment_boxes(model: Any, image: np.ndarray, boxes: np.ndarray,
+                  stats: tuple[Any, Any] | None = None) -> list[np.ndarray]:
+    """One image H×W×3 uint8 and its N×4 boxes (image pixels) → N masks H×W uint8 (0/1), fed
+    as the model family's official predictor feeds it (the evaluation path, `SlicePredictor`,
+    with the image as one slice). stats: training (mean, std) on 0–255; None: the model's own."""
+    from samtune.config import PromptConfig
+    from samtune.eval.predict import SlicePredictor
 
     h, w = image.shape[:2]
     if len(boxes) == 0:
         return []
-    s = model.img_size
-    scale = s / max(h, w)
-    rh, rw = max(1, round(h * scale)), max(1, round(w * scale))
-    device = mean.device
-    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()[None].to(device)
-    if (rh, rw) != (h, w):
-        x = F.interpolate(x, (rh, rw), mode="bilinear", align_corners=False,
-                          antialias=scale < 1).clamp_(0, 255)
-    x = (x - mean) / std
-    x = F.pad(x, (0, s - rw, 0, s - rh))  # zero after normalisation, as SAM pads
-    emb = model.encode(x)
-    # Pixel i's centre i + ½ maps to (i + ½)·scale on the resized grid.
-    resized = (boxes + 0.5) * scale - 0.5
-    prompt = Prompts(boxes=torch.as_tensor(resized, dtype=torch.float32, device=device))
-    low_res, _ = model.decode(emb, 0, prompt)
-    logits = model.upscale(low_res)[:, :1, :rh, :rw]
-    logits = F.interpolate(logits, (h, w), mode="bilinear", align_corners=False)
-    masks = (logits[:, 0] > 0).to(torch.uint8).cpu().numpy()
-    return list(masks)
+    size = max(h, w)
+    grid = np.zeros((1, size, size, 3), np.uint8)
+    grid[0, :h, :w] = image
+    device = next(model.parameters()).device
+    predictor = SlicePredictor(model, size, stats=stats, device=device, content=(h, w))
+    probs = predictor.decode(predictor.encode(grid), 0, None, PromptConfig(bbox_shift=0),
+                             torch.Generator(), boxes=np.asarray(boxes, np.float32))
+    return [(p[:h, :w] > 0.5).astype(np.uint8) for p in probs]
 
 
 class SamtuneSegmenter(mlflow.pyfunc.PythonModel):
@@ -133,10 +124,7 @@ class SamtuneSegmenter(mlflow.pyfunc.PythonModel):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.to(self.device).eval()
         prep = json.loads(Path(context.artifacts["preprocessing"]).read_text() or "{}")
-        mean = prep.get("mean") or model.pixel_mean.flatten().tolist()
-        std = prep.get("std") or model.pixel_std.flatten().tolist()
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.stats = (prep["mean"], prep["std"]) if prep.get("mean") else None
         log.info("SamtuneSegmenter: %s at %d px on %s", section.get("name"), model.img_size,
                  self.device)
 
@@ -149,5 +137,5 @@ class SamtuneSegmenter(mlflow.pyfunc.PythonModel):
         masks: list[np.ndarray] = []
         for image, boxes in _rows(model_input):
             masks.extend(segment_boxes(self.model, read_image(image), _as_boxes(boxes),
-                                       self.mean, self.std))
+                                       self.stats))
         return masks

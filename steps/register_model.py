@@ -38,7 +38,8 @@ def register_model(
     info = json.loads((model.root / "model.json").read_text())
     uri = tracking.log_model(model.weights, {"model": info["model"]},
                              input_example=_input_example(dataset),
-                             normalization=tuple(info["normalization"]))
+                             normalization=(tuple(info["normalization"])
+                                            if info.get("normalization") else None))
     tags = {"dataset_fingerprint": dataset.fingerprint, "config_hash": tracking.config_hash(config),
             "git_commit": tracking.git_commit(Path(__file__).parent),
             **{f"test_{k}": v for k, v in metrics["metrics"].items()},

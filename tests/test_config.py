@@ -122,3 +122,73 @@ def test_kubernetes_stack_needs_a_spec_and_unknown_biomarker_lists_valid_ones() 
         load_config("demo", ["stack.kind=kubernetes"])
     with pytest.raises(ConfigError, match="volume_ml"):
         load_config("demo", ["eval.biomarkers={volumee_ml: true}"])
+
+
+REAL_DATASETS = {"asoca": "lora", "imagecas": "lora", "msseg": "frozen", "ich": "frozen",
+                 "nnunet": "frozen"}
+
+
+@pytest.mark.parametrize("name", sorted(REAL_DATASETS))
+def test_real_dataset_configs_default_to_medsam_with_its_official_file(name: str) -> None:
+    cfg = load_config(name)
+    assert cfg.model.name == "medsam_vit_b" and cfg.model.checkpoint == Path("medsam_vit_b.pth")
+    assert cfg.model.method == REAL_DATASETS[name]
+    if cfg.model.method == "lora":
+        assert list(cfg.model.lora.targets) == ["encoder_qkv"]
+    else:
+        assert cfg.train.embedding_cache
+    assert cfg.convert.img_size == 1024  # unset in the YAML: MedSAM's input size
+
+
+@pytest.mark.parametrize("model, size, preprocess", [("medsam2", 512, "medsam2"),
+                                                     ("sam_vit_b", 1024, "sam"),
+                                                     ("sam_tiny", 256, "sam")])
+def test_model_name_re_derives_img_size_and_preprocessing(model: str, size: int,
+                                                          preprocess: str) -> None:
+    from samtune.models.registry import get_spec
+
+    cfg = load_config("asoca", [f"model.name={model}"])
+    assert cfg.convert.img_size == size and cfg.to_dict()["convert"]["img_size"] == size
+    assert cfg.model.img_size is None and get_spec(cfg.model.name).img_size == size
+    assert get_spec(cfg.model.name).preprocess == preprocess
+    assert load_config("asoca", ["model.name=sam_vit_b", "model.img_size=512"]).convert.img_size \
+        == 512  # model.img_size first
+    assert load_config("asoca", ["convert.img_size=384"]).convert.img_size == 384  # explicit kept
+    assert load_config("demo").convert.img_size == 256
+
+
+def test_qlora_on_cpu_refused_at_config_time() -> None:
+    with pytest.raises(ConfigError, match="qlora needs a CUDA GPU .* train.device is cpu"):
+        load_config("asoca", ["model.method=qlora", "train.device=cpu"])
+    # auto: decided at the start of training (adapters.check_method), where CUDA is known
+    assert load_config("asoca", ["model.method=qlora"]).train.device == "auto"
+
+
+def test_lora_target_absent_in_the_family_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from samtune.models import adapters
+
+    with pytest.raises(ConfigError, match="model 'oracle' cannot take LoRA"):
+        load_config("asoca", ["model.name=oracle"])
+    sam = {k: v for k, v in adapters.TARGET_PATTERNS["sam"].items() if k != "encoder_mlp"}
+    monkeypatch.setitem(adapters.TARGET_PATTERNS, "sam", sam)
+    with pytest.raises(ConfigError, match=r"\['encoder_mlp'\] do not exist in the 'sam' family"):
+        load_config("asoca", ["model.lora.targets=[encoder_qkv, encoder_mlp]"])
+    assert load_config("asoca").model.method == "lora"  # encoder_qkv is there
+
+
+def test_bad_img_size_and_unknown_model_refused_at_config_time() -> None:
+    with pytest.raises(ConfigError, match="model.img_size: .*multiple of 16"):
+        load_config("asoca", ["model.img_size=1000"])
+    with pytest.raises(ConfigError, match="model.img_size: .*multiple of 32"):
+        load_config("asoca", ["model.name=medsam2", "model.img_size=496"])
+    with pytest.raises(ConfigError, match="model.name: unknown model 'medsam'"):
+        load_config("asoca", ["model.name=medsam"])
+
+
+def test_onnx_export_is_refused_at_config_time_where_the_layout_does_not_exist():
+    from samtune.config import load_config
+
+    cfg = load_config("demo", ["train.export=[onnx]"])
+    assert cfg.train.export == ["onnx"]
+    with pytest.raises(Exception, match="ONNX layout covers SAM"):
+        load_config("demo", ["train.export=[onnx]", "model.name=sam2_tiny"])

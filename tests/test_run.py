@@ -90,3 +90,40 @@ def test_unreachable_mlflow_fails_before_any_step(tmp_path: Path,
     out = capsys.readouterr().out
     assert code == 1 and f"http://127.0.0.1:{port}" in out and "unreachable" in out
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["asoca", "imagecas", "msseg", "ich", "nnunet"])
+def test_real_configs_dry_run_with_medsam_and_warn_of_the_missing_file(
+        name: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = run.main(["--pipeline", "finetune", "--config", name, "--dry-run", "--set",
+                     f"data.root={tmp_path}", "--set", f"model.checkpoints_dir={tmp_path / 'ck'}"])
+    out = capsys.readouterr().out
+    assert code == 0 and "name: medsam_vit_b" in out and "img_size: 1024" in out
+    warning = next(line for line in out.splitlines() if line.startswith("WARNING")
+                   and "checkpoint" in line)
+    assert str(tmp_path / "ck" / "medsam_vit_b.pth") in warning and "would stop" in warning
+    for step_name, _ in PIPELINES["finetune"].plan:
+        assert step_name in out
+
+
+@pytest.mark.parametrize("extra", [[], ["--download"]])
+def test_missing_checkpoint_fails_before_zenml_is_touched(
+        extra: list[str], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = run.main(["--pipeline", "finetune", "--config", "asoca", *extra,
+                     "--set", f"data.root={tmp_path / 'data'}",
+                     "--set", f"model.checkpoints_dir={tmp_path / 'ck'}",
+                     "--set", f"stack.home={tmp_path / 'state'}",
+                     "--set", f"output_dir={tmp_path / 'out'}"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert str(tmp_path / "ck" / "medsam_vit_b.pth") in out and "drive.google.com" in out
+    assert "run failed before any step" in out
+    assert ("yourself and put it at" in out) == bool(extra)  # --download tried, said why not
+    assert not (tmp_path / "state").exists() and not (tmp_path / "out").exists()
+    assert not (tmp_path / "ck" / "medsam_vit_b.pth").exists()
+
+
+def test_prepare_needs_no_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert run.main(["--pipeline", "prepare", "--config", "asoca", "--dry-run", "--set",
+                     f"data.root={tmp_path}", "--set", f"model.checkpoints_dir={tmp_path}"]) == 0
+    assert "medsam_vit_b.pth not found" not in capsys.readouterr().out

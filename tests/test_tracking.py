@@ -138,10 +138,15 @@ def test_model_logged_reloaded_predicting_and_registered(store, tmp_path) -> Non
     assert all(m.shape == (40, 60) and m.dtype == np.uint8 for m in masks)
     assert set(np.unique(np.stack(masks)).tolist()) <= {0, 1}
     # the reloaded weights are the logged ones: same masks as the model in this process
-    mean, std = model.pixel_mean.float(), model.pixel_std.float()
-    expected = segment_boxes(model, image, np.asarray(boxes, float), mean, std)
+    expected = segment_boxes(model, image, np.asarray(boxes, float))
     assert all(np.array_equal(a, b) for a, b in zip(masks, expected))
     assert any(m.any() for m in masks) or not any(e.any() for e in expected)
+    # and they are the official predictor's (segment_anything.SamPredictor) masks
+    from samtune.models.fidelity import official_predict
+
+    for box, mask in zip(boxes, masks):
+        official = official_predict(model, image, box=np.asarray(box, float)).mask
+        assert np.array_equal(official.astype(np.uint8), mask)
     # a PNG path works as well; a DataFrame gives the masks of all rows' boxes in order
     Image.fromarray(image).save(tmp_path / "slice.png")
     from_png = loaded.predict({"image": str(tmp_path / "slice.png"), "boxes": boxes})
@@ -199,8 +204,7 @@ def test_segmenter_loads_complete_weights_with_training_statistics(tmp_path) -> 
 
     segmenter = SamtuneSegmenter()
     segmenter.load_context(context(full))
-    assert segmenter.mean.flatten().tolist() == [10.0, 20.0, 30.0]
-    assert segmenter.std.flatten().tolist() == [2.0, 2.0, 2.0]
+    assert segmenter.stats == ([10, 20, 30], [2, 2, 2])
     for name, value in model.state_dict().items():
         assert torch.equal(segmenter.model.state_dict()[name], value), name
     assert segmenter.predict(None, {"image": np.zeros((8, 8), np.uint8), "boxes": []}) == []

@@ -35,7 +35,7 @@ from samtune.models.oracle import answer as oracle_answer
 from samtune.models.preprocess import (Preprocessing, coord_scale, get_preprocessing,
                                        postprocess, resize_to_model)
 from samtune.models.prompts import make_prompts, select_best
-from samtune.train.data import normalize
+from samtune.train.normalization import normalize
 
 __all__ = ["SlicePredictor", "Instances", "gt_instances", "predict_with_gt_prompts",
            "label_slice", "reassemble"]

@@ -31,7 +31,7 @@ import torch
 
 from samtune.models.base import PromptableModel, Prompts
 from samtune.models.prompts import box_from_mask, boxes_to_mask, jitter_boxes
-from samtune.train.data import normalize
+from samtune.train.normalization import normalize
 
 log = logging.getLogger(__name__)
 

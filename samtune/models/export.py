@@ -15,13 +15,15 @@ Kinds (file names under out_dir):
   adapted module names and those parts. `load_lora_adapter` re-applies it to a fresh base.
 - `image_encoder` → image_encoder.pt: the fine-tuned encoder alone (merged, dense), keys
   `image_encoder.…` as in the full layout.
-The returned dict maps each kind to its file; `lora_adapter` adds `lora_adapter_config`.
+- `onnx` → decoder.onnx + encoder.onnx: segment-anything's ONNX decoder (prompts as inputs) and
+  the image encoder, LoRA merged (samtune.models.onnx_export; SAM/MedSAM/MobileSAM only).
+The returned dict maps each kind to its file; `lora_adapter` adds `lora_adapter_config`, `onnx`
+(→ decoder.onnx) adds `onnx_encoder`.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import sys
 from pathlib import Path
@@ -38,7 +40,8 @@ from samtune.models.base import PromptableModel
 
 log = logging.getLogger(__name__)
 
-KINDS = ("full", "lora_adapter", "lora_merged", "image_encoder")
+KINDS = ("full", "lora_adapter", "lora_merged", "image_encoder")  # weights, every family
+VALID_KINDS = (*KINDS, "onnx")  # onnx: the segment-anything layout only (onnx_export)
 ADAPTER_FORMAT = "samtune-lora/1"
 
 
@@ -123,24 +126,32 @@ def export_weights(model: PromptableModel, out_dir: str | Path,
                    kinds: Iterable[str]) -> dict[str, Path]:
     """Write the asked-for kinds (module docstring) into out_dir; returns kind → file.
 
-    Unknown kinds, or LoRA kinds of a model without LoRA → ValueError before anything is written.
+    Unknown kinds, LoRA kinds of a model without LoRA, or `onnx` of a family it does not support
+    → ValueError before anything is written.
     """
     kinds = list(dict.fromkeys(kinds))
-    unknown = [k for k in kinds if k not in KINDS]
+    unknown = [k for k in kinds if k not in VALID_KINDS]
     if unknown:
-        raise ValueError(f"unknown export kinds {unknown}; valid: {', '.join(KINDS)}")
+        raise ValueError(f"unknown export kinds {unknown}; valid: {', '.join(VALID_KINDS)}")
     if any(k.startswith("lora_") for k in kinds) and not has_lora(model):
         raise ValueError("lora_adapter/lora_merged exports need a model trained with method "
                          "lora or qlora; this model has no LoRA adapter (export 'full')")
+    if "onnx" in kinds:
+        from samtune.models.onnx_export import check_supported, export_onnx
+
+        check_supported(model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
-    merged = merged_state_dict(model) if set(kinds) - {"lora_adapter"} else {}
+    merged = merged_state_dict(model) if set(kinds) - {"lora_adapter", "onnx"} else {}
     wrap = "sam2" in model.family  # sam2's checkpoint format is {"model": state_dict}
     for kind in kinds:
         path = out / f"{kind}.pt"
         if kind in ("full", "lora_merged"):
             _save_tensors({"model": merged} if wrap else merged, path)
+        elif kind == "onnx":
+            onnx_files = export_onnx(model, out)
+            path, paths["onnx_encoder"] = onnx_files["decoder"], onnx_files["encoder"]
         elif kind == "image_encoder":
             prefix = part_prefixes(model)["image_encoder"] + "."
             _save_tensors({k: v for k, v in merged.items() if k.startswith(prefix)}, path)

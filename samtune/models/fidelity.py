@@ -5,7 +5,7 @@ image placed in a slice grid padded bottom/right, as convert writes it); `offici
 the upstream code:
 
 - SAM: `segment_anything.SamPredictor` around the model's own modules; MobileSAM:
-  `mobile_sam.SamPredictor`;
+  `mobile_sam.SamPredictor`; HQ-SAM: `segment_anything_hq.SamPredictor`;
 - MedSAM: the steps of `MedSAM_Inference.py` (bowang-lab/MedSAM ships no package): skimage
   resize to 1024² (order 3, anti-aliased) → uint8 → min-max → `image_encoder` → box × 1024/W,
   1024/H → prompt encoder → mask decoder (single mask) → sigmoid → bilinear to H×W → > 0.5;
@@ -85,7 +85,14 @@ def official_predict(model: PromptableModel, image: np.ndarray, box: np.ndarray 
 
 
 def _sam(model, image, box, points, labels, multimask):  # type: ignore[no-untyped-def]
-    if model.family == "mobile_sam":
+    from samtune.models.hq_sam import HqSamWrapper
+
+    extra = {}
+    if isinstance(model, HqSamWrapper):
+        from segment_anything_hq import SamPredictor
+        from segment_anything_hq.modeling import Sam
+        extra = {"hq_token_only": model.hq_token_only}
+    elif model.family == "mobile_sam":
         from mobile_sam import SamPredictor
         from mobile_sam.modeling import Sam
     else:
@@ -97,7 +104,8 @@ def _sam(model, image, box, points, labels, multimask):  # type: ignore[no-untyp
     predictor = SamPredictor(sam)
     predictor.set_image(image)
     logits, scores, _ = predictor.predict(point_coords=points, point_labels=labels, box=box,
-                                          multimask_output=multimask, return_logits=True)
+                                          multimask_output=multimask, return_logits=True,
+                                          **extra)
     best = int(np.argmax(scores)) if multimask else 0
     return logits[best] > predictor.model.mask_threshold, logits[best]
 

@@ -180,7 +180,8 @@ MODELS: dict[str, ModelSpec] = {
                              SAM21_URL + "sam2.1_hiera_base_plus.pt", "SAM2.1 Hiera-B+ (81 M)"),
     "sam2.1_hiera_l": _spec("sam2", s2.build_sam21_hiera_l, "sam2.1_hiera_large.pt",
                             SAM21_URL + "sam2.1_hiera_large.pt", "SAM2.1 Hiera-L (224 M)"),
-    "medsam2": _spec("sam2", s2.build_medsam2, "MedSAM2_latest.pt", None,
+    "medsam2": _spec("sam2", s2.build_medsam2, "MedSAM2_latest.pt",
+                     "https://huggingface.co/wanglab/MedSAM2/resolve/main/MedSAM2_latest.pt",
                      "MedSAM2: SAM2.1 Hiera-T at 512 px fine-tuned on 3D medical images and "
                      "videos (Ma et al. 2025); from the bowang-lab/MedSAM2 release",
                      img_size=512, preprocess="medsam2"),

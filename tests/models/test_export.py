@@ -149,7 +149,7 @@ def test_full_export_of_a_plain_model_and_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no LoRA adapter"):
         export_weights(model, tmp_path / "a", ["full", "lora_adapter"])
     with pytest.raises(ValueError, match="unknown export kinds"):
-        export_weights(model, tmp_path / "a", ["full", "onnx"])
+        export_weights(model, tmp_path / "a", ["full", "tflite"])
     assert not (tmp_path / "a").exists()  # nothing written before the checks
     paths = export_weights(model, tmp_path / "b", ["full", "image_encoder"])
     state = torch.load(paths["full"], map_location="cpu", weights_only=True)
@@ -189,5 +189,6 @@ def test_quantized_lora_exports_dense_merged_weights(tmp_path: Path) -> None:
     base = fresh("sam_tiny")
     assert state.keys() == base.state_dict().keys()  # no absmax/quant_map, no base_layer
     base.load_state_dict(state, strict=True)
-    assert torch.allclose(outputs(base), reference, atol=1e-4)
+    # bitsandbytes' CPU 4-bit kernels round differently per machine (seen: 1e-4 apart)
+    assert torch.allclose(outputs(base), reference, atol=1e-3)
     assert json.loads(paths["lora_adapter_config"].read_text())["base_4bit"] is True

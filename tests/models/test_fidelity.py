@@ -66,7 +66,7 @@ def check(model: torch.nn.Module, **prompt) -> None:
 
 PROMPTS = {"box": {"box": BOX}, "box+points": {"box": BOX, "points": POINTS, "labels": LABELS}}
 TINY = [("sam_tiny", None), ("sam_tiny", "medsam"), ("sam2_tiny", None),
-        ("sam2_tiny", "medsam2")]
+        ("sam2_tiny", "medsam2"), ("hq_sam_tiny", None)]
 REAL = ["sam_vit_b", "mobile_sam", "medsam_vit_b", "sam2.1_hiera_t", "medsam2"]
 
 

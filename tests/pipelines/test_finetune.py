@@ -22,7 +22,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedP
     (tmp / "home").mkdir()
     sets = [*tiny_phantoms(tmp), "model.img_size=128", "train.epochs=1", "train.batch_size=4",
             "registry.model_name=ft-test", "registry.floor=0.0",
-            "eval.model_uri=models:/ft-test@champion", "train.qc_every=1"]
+            "eval.model_uri=models:/ft-test@champion", "train.qc_every=1",
+            "train.export=[onnx]"]
     return run_cli("finetune", sets, clean_env(tmp / "home")), tmp
 
 
@@ -53,6 +54,8 @@ def test_finetune_runs_end_to_end_and_reports_dice_vs_box_fill(run) -> None:
     info = json.loads((out / "training" / "model.json").read_text())
     assert info["parameters"]["trainable"] == info["parameters"]["total"] > 0  # method full
     assert (out / "training" / "weights" / "full.pt").is_file()
+    for name in ("encoder.onnx", "decoder.onnx"):  # train.export: [onnx]
+        assert (out / "training" / "weights" / name).is_file()
     assert (out / "training" / "curves.png").is_file()
     assert any((out / "qc").glob("*.png"))
     assert any((out / "training" / "qc").glob("epoch_0001_*.png"))  # QC during training

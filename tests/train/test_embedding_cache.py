@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from samtune.models.base import Embeddings, PromptableModel, Prompts
+from samtune.models.base import PromptableModel, Prompts
 from samtune.models.registry import build_architecture
 from samtune.train.data import SliceDataset, collate, make_loader, normalize
 from samtune.train.embedding_cache import (CachedEmbeddingDataset, EmbeddingCache,
