@@ -151,6 +151,32 @@ class DistributedConfig(Section):
     master_port: int | None = Field(None, ge=1, le=65535, description="None: a free port")
 
 
+class AugmentConfig(Section):
+    """Training augmentation (samtune.train.augment): off unless enabled; flips stay off by
+    default because laterality matters. Probabilities are per slice."""
+
+    enabled: bool = False
+    p_affine: float = Field(0.5, ge=0, le=1)
+    rotate_deg: float = Field(15.0, ge=0, le=180)
+    scale: tuple[float, float] = (0.9, 1.1)
+    shift: float = Field(0.05, ge=0, le=0.5, description="fraction of the slice size")
+    flip_x: bool = False
+    flip_y: bool = False
+    p_intensity: float = Field(0.5, ge=0, le=1)
+    brightness: float = Field(0.1, ge=0, lt=1)
+    contrast: float = Field(0.1, ge=0, lt=1)
+    gamma: tuple[float, float] = (0.8, 1.25)
+    p_noise: float = Field(0.2, ge=0, le=1)
+    noise_std: float = Field(0.02, ge=0, description="on the 0–1 intensity scale")
+
+    @field_validator("scale", "gamma")
+    @classmethod
+    def _positive_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"need 0 < low ≤ high, got {list(v)}")
+        return v
+
+
 class TrainConfig(Section):
     epochs: int = Field(10, ge=1)
     max_steps: int | None = Field(None, ge=1)
@@ -164,6 +190,12 @@ class TrainConfig(Section):
     loss: Literal["dice_ce", "dice_focal"] = "dice_ce"
     seg_loss_weight: float = Field(1.0, ge=0)
     iou_loss_weight: float = Field(1.0, ge=0)
+    dice_weight: float = Field(1.0, ge=0, description="Dice term (MONAI lambda_dice)")
+    pixel_loss_weight: float = Field(1.0, ge=0, description="CE or focal term (lambda_ce / "
+                                     "lambda_focal); Dice : pixel = dice_weight : this")
+    focal_gamma: float = Field(2.0, ge=0, description="dice_focal: focusing parameter")
+    focal_alpha: float | None = Field(None, ge=0, le=1, description="dice_focal: foreground "
+                                      "weight; None: unweighted (MONAI's default)")
     amp: Literal["none", "bf16", "fp16"] = "none"
     grad_clip: float | None = Field(1.0, gt=0)
     grad_checkpointing: bool = False
@@ -187,6 +219,7 @@ class TrainConfig(Section):
         "image_encoder.pt (and the LoRA files): onnx → weights/encoder.onnx + decoder.onnx "
         "(segment-anything's ONNX layout; SAM/MedSAM/MobileSAM), checked with onnxruntime")
     prompts: PromptConfig = Field(default_factory=PromptConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
 

@@ -48,10 +48,14 @@ def train_on_export(dataset_dir: Path, model_cfg: ModelConfig, train_cfg: TrainC
     params = parameter_report(model)
     log.info("trainable parameters: %s of %s", f"{params['trainable']:,}", f"{params['total']:,}")
     train_set, val_set = load_training_data(dataset_dir, model.img_size, train_cfg.normalization,
-                                            model)
+                                            model, train_cfg.augment, train_cfg.seed)
     normalization = train_set.normalization
     cache_root = Path(train_cfg.cache_dir)
-    train_data = cache_embeddings(train_set, model, cache_root, enabled=train_cfg.embedding_cache)
+    augmented = train_cfg.augment.enabled
+    if augmented and train_cfg.embedding_cache:
+        log.info("embedding cache off for the train split: augmentation changes every image")
+    train_data = cache_embeddings(train_set, model, cache_root,
+                                  enabled=train_cfg.embedding_cache and not augmented)
     val_data = (cache_embeddings(val_set, model, cache_root, enabled=train_cfg.embedding_cache)
                 if val_set is not None else None)
     result = train(model, train_data, val_data, train_cfg, out_dir / "checkpoints",

@@ -197,6 +197,8 @@ def run_onnx(paths: dict[str, Path], image: torch.Tensor, boxes: torch.Tensor
     """Encoder + decoder in onnxruntime (CPU) for a 1×3×S×S normalised image and N×4 boxes on
     the input grid → {"masks": N×4×S×S, "iou_predictions": N×4,
     "low_res_masks": N×4×S/4×S/4}."""
+    # onnxruntime writes a device id into ~/.cache on import unless telemetry is off
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     import onnxruntime as ort
 
     cpu = ["CPUExecutionProvider"]

@@ -38,7 +38,9 @@ from torch.utils.data import DataLoader, Dataset
 from samtune.data.cases import DataError
 from samtune.data.datasets import read_coco_json
 from samtune.models.base import Embeddings, PromptableModel
+from samtune.config_sections import AugmentConfig
 from samtune.models.preprocess import get_preprocessing, masks_to_model, resize_to_model
+from samtune.train.augment import augment_slice, slice_generator
 from samtune.train.normalization import (Triple, dataset_normalization, normalize,
                                          resolve_normalization, triples)
 
@@ -53,6 +55,8 @@ class SliceDataset(Dataset):
 
     split_dir: folder holding `annotations.json` and `images/`. Raises DataError naming the file
     when annotations.json is missing or malformed, or an image file is missing.
+    augment: training augmentation (`samtune.train.augment`, drawn per slice and epoch from
+    `seed`; `set_epoch` is called by the loop), None or disabled: none.
     normalization_stats: optional (mean, std) on the 0–255 scale, or dataset.json's `stats` dict
     (mean_255/std_255), kept as `self.normalization` = (mean, std) triples for the loop (items
     are never normalised here); None: the model's own.
@@ -60,10 +64,13 @@ class SliceDataset(Dataset):
 
     def __init__(self, split_dir: Path, img_size: int, *,
                  normalization_stats: tuple[Triple, Triple] | dict | None = None,
-                 preprocess: str = "sam"):
+                 preprocess: str = "sam", augment: AugmentConfig | None = None,
+                 seed: int = 0):
         self.split_dir = Path(split_dir)
         self.img_size = int(img_size)
         self.preprocessing = get_preprocessing(preprocess)
+        self.augment = augment if augment is not None and augment.enabled else None
+        self.seed, self.epoch = int(seed), 0
         self.normalization = triples(normalization_stats, self.split_dir)
         self.split = self.split_dir.name
         path = self.split_dir / "annotations.json"
@@ -88,6 +95,10 @@ class SliceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Augmentation of this epoch (`augment.slice_generator(seed, epoch, index)`)."""
+        self.epoch = int(epoch)
+
     def key(self, index: int, raw: bytes | None = None) -> str:
         """Slice identity for the embedding cache: fingerprint/split/image id/sha256 of the PNG."""
         rec = self.records[index]
@@ -109,6 +120,10 @@ class SliceDataset(Dataset):
         masks = _decode_masks(anns, h, w, path)
         nh, nw = (rec.get("transform") or {}).get("resized_shape", (h, w))
         pixels, masks = pixels[:nh, :nw], masks[:, :nh, :nw]  # convert's padding is not content
+        if self.augment is not None:
+            gen = slice_generator(self.seed, self.epoch, index)
+            pixels, masks, kept = augment_slice(pixels, masks, self.augment, gen)
+            anns = [a for a, k in zip(anns, kept.tolist()) if k]
         image = resize_to_model(self.preprocessing, np.ascontiguousarray(pixels), self.img_size)
         masks = masks_to_model(self.preprocessing, masks, self.img_size)
         kept = masks.flatten(1).any(1)  # a component too small for the model grid is gone
@@ -219,7 +234,8 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool,
 
 
 def load_training_data(dataset_dir: Path, img_size: int, normalization: str,
-                       model: PromptableModel) -> tuple[SliceDataset, SliceDataset | None]:
+                       model: PromptableModel, augment: AugmentConfig | None = None,
+                       seed: int = 0) -> tuple[SliceDataset, SliceDataset | None]:
     """(train, val) datasets of an export folder, both carrying `.normalization` ((mean, std),
     or None for the model's own) and the model's preprocessing.
 
@@ -230,7 +246,7 @@ def load_training_data(dataset_dir: Path, img_size: int, normalization: str,
     stats = resolve_normalization(normalization, model, dataset_dir / "dataset.json")
     pre = getattr(model, "preprocess", "sam")
     train = SliceDataset(dataset_dir / "train", img_size, normalization_stats=stats,
-                         preprocess=pre)
+                         preprocess=pre, augment=augment, seed=seed)  # val: never augmented
     if len(train) == 0:
         raise DataError(train.split_dir, "no training slices: check split ratios / empty_slices")
     if train.n_instances == 0:

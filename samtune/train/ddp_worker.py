@@ -73,8 +73,10 @@ def train_in_rank(dataset_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCon
         return
     model = _build(model_cfg, train_cfg.seed)
     train_set, val_set = load_training_data(dataset_dir, model.img_size,
-                                            train_cfg.normalization, model)
-    cache_on = train_cfg.embedding_cache and encoder_is_frozen(model)
+                                            train_cfg.normalization, model, train_cfg.augment,
+                                            train_cfg.seed)
+    cache_on = (train_cfg.embedding_cache and encoder_is_frozen(model)
+                and not train_cfg.augment.enabled)  # augmented images are never the same
     if cache_on:  # each rank encodes its share, on its own device
         device = ddp.resolve_device(train_cfg.device, ctx)
         for part in (train_set, val_set):

@@ -42,10 +42,13 @@ class LossParts:
 
 
 def seg_loss_per_mask(logits: torch.Tensor, target: torch.Tensor,
-                      kind: SegLoss = "dice_ce") -> torch.Tensor:
-    """N×M×S×S logits vs N×S×S bool target → N×M per-candidate loss (Dice + CE or focal),
-    computed in float32. Dice uses MONAI's smoothing (1e-5), so an empty target with an empty
-    prediction costs ~0 Dice loss."""
+                      kind: SegLoss = "dice_ce", *, dice_weight: float = 1.0,
+                      pixel_weight: float = 1.0, focal_gamma: float = 2.0,
+                      focal_alpha: float | None = None) -> torch.Tensor:
+    """N×M×S×S logits vs N×S×S bool target → N×M per-candidate loss
+    dice_weight·Dice + pixel_weight·(CE or focal), in float32 (MONAI's DiceCELoss lambda_dice /
+    lambda_ce, DiceFocalLoss lambda_focal, FocalLoss gamma / alpha). Dice uses MONAI's smoothing
+    (1e-5), so an empty target with an empty prediction costs ~0 Dice loss."""
     if logits.dim() != 4 or target.dim() != 3 or logits.shape[0] != target.shape[0] \
             or logits.shape[-2:] != target.shape[-2:]:
         raise ValueError(f"expected logits N×M×S×S and target N×S×S, got {tuple(logits.shape)} "
@@ -57,10 +60,10 @@ def seg_loss_per_mask(logits: torch.Tensor, target: torch.Tensor,
     if kind == "dice_ce":
         pixel = F.binary_cross_entropy_with_logits(x, y, reduction="none")
     elif kind == "dice_focal":
-        pixel = FocalLoss(reduction="none")(x, y)
+        pixel = FocalLoss(gamma=focal_gamma, alpha=focal_alpha, reduction="none")(x, y)
     else:
         raise ValueError(f"unknown segmentation loss '{kind}' (dice_ce or dice_focal)")
-    return dice + pixel.mean(dim=(1, 2, 3)).reshape(n, m)
+    return dice_weight * dice + pixel_weight * pixel.mean(dim=(1, 2, 3)).reshape(n, m)
 
 
 def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -75,16 +78,17 @@ def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def sam_loss(logits: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor, *,
              kind: SegLoss = "dice_ce", seg_weight: float = 1.0,
-             iou_weight: float = 1.0) -> LossParts:
+             iou_weight: float = 1.0, **seg_kwargs: float | None) -> LossParts:
     """The training loss of one batch of N instances (see the module docstring).
 
     seg: mean over instances of the best candidate's segmentation loss; iou: MSE over all N×M
     candidates between `iou_pred` and the actual IoU of each thresholded candidate (a target,
     hence detached). N = 0 is an error: the caller skips images without instances.
+    seg_kwargs: `seg_loss_per_mask`'s weights (dice_weight, pixel_weight, focal_gamma/alpha).
     """
     if logits.shape[0] == 0:
         raise ValueError("sam_loss needs at least one instance")
-    per_mask = seg_loss_per_mask(logits, target, kind)
+    per_mask = seg_loss_per_mask(logits, target, kind, **seg_kwargs)  # type: ignore[arg-type]
     best = per_mask.detach().argmin(dim=1)
     seg = per_mask.gather(1, best[:, None]).mean()
     iou_target = mask_iou(logits.detach(), target)

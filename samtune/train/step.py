@@ -85,6 +85,9 @@ def epoch_batches(data: Dataset | Iterable[Batch], batch_size: int, seed: int, e
     exactly the slices one process sees with N times the batch. A rank whose part of a short
     last batch is empty gets `EMPTY_BATCH`."""
     if isinstance(data, Dataset):
+        for obj in (data, getattr(data, "dataset", None)):  # augmentation draws per epoch
+            if hasattr(obj, "set_epoch"):
+                obj.set_epoch(epoch)
         n, size = len(data), batch_size * world_size  # type: ignore[arg-type]
         order = batch_order(n, size, seed, epoch) if shuffle else \
             [list(range(i, min(i + size, n))) for i in range(0, n, size)]
@@ -191,7 +194,9 @@ def batch_loss(model: PromptableModel, batch: Batch, cfg: TrainConfig,
     if len(target) == 0:
         return None, 0
     parts = sam_loss(logits.float(), iou.float(), target, kind=cfg.loss,
-                     seg_weight=cfg.seg_loss_weight, iou_weight=cfg.iou_loss_weight)
+                     seg_weight=cfg.seg_loss_weight, iou_weight=cfg.iou_loss_weight,
+                     dice_weight=cfg.dice_weight, pixel_weight=cfg.pixel_loss_weight,
+                     focal_gamma=cfg.focal_gamma, focal_alpha=cfg.focal_alpha)
     return parts, len(target)
 
 

@@ -92,3 +92,24 @@ def test_weights_combine_and_empty_batch_is_refused() -> None:
         sam_loss(logits[:0], iou_pred[:0], target[:0])
     with pytest.raises(ValueError, match="N×M×S×S"):
         seg_loss_per_mask(logits[:, 0], target)
+
+
+def test_loss_weights_are_monais_lambdas():
+    from monai.losses import DiceCELoss, DiceFocalLoss
+
+    from samtune.train.losses import seg_loss_per_mask
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 1, 16, 16, generator=g)
+    target = torch.rand(3, 16, 16, generator=g) > 0.6
+    y = target[:, None].float()
+    ours = seg_loss_per_mask(logits, target, "dice_ce", dice_weight=0.3, pixel_weight=2.0)
+    theirs = DiceCELoss(sigmoid=True, lambda_dice=0.3, lambda_ce=2.0)(logits, y)
+    assert torch.allclose(ours.mean(), theirs, atol=1e-5)
+    ours = seg_loss_per_mask(logits, target, "dice_focal", dice_weight=0.5, pixel_weight=4.0,
+                             focal_gamma=1.5, focal_alpha=0.25)
+    theirs = DiceFocalLoss(sigmoid=True, lambda_dice=0.5, lambda_focal=4.0, gamma=1.5,
+                           alpha=0.25)(logits, y)
+    assert torch.allclose(ours.mean(), theirs, atol=1e-5)
+    default = seg_loss_per_mask(logits, target, "dice_ce")
+    assert torch.allclose(default.mean(), DiceCELoss(sigmoid=True)(logits, y), atol=1e-5)
