@@ -51,7 +51,9 @@ def missing_checkpoint_message(cfg: Config) -> str | None:
     """None when the configured checkpoint exists (or none is configured); else one message
     naming the file expected, the full path searched and where to get it."""
     path = checkpoint_path(cfg)
-    if path is None or path.is_file():
+    from samtune.models.hf_checkpoints import is_hf_folder
+
+    if path is None or path.is_file() or is_hf_folder(path):  # a file, or a Hugging Face folder
         return None
     return (f"checkpoint {path.name} for model '{cfg.model.name}' not found at {path} "
             f"(model.checkpoints_dir / model.checkpoint); "

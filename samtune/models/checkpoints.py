@@ -1,7 +1,8 @@
 """Read official and samtune checkpoints safely, adapt them to the model's image size, download.
 
 Files are always read with `torch.load(..., map_location="cpu", weights_only=True)`: a file that
-holds pickled objects is refused, never executed. Accepted layouts: the bare state dict (SAM,
+holds pickled objects is refused, never executed. A folder is read as a Hugging Face SamModel
+(`samtune.models.hf_checkpoints`). Accepted layouts: the bare state dict (SAM,
 MedSAM, MobileSAM), `{"model": …}` (SAM2, SAM2.1, MedSAM2, samtune's training state),
 `{"state_dict": …}`, and `module.` / `_orig_mod.` key prefixes (DDP, torch.compile).
 
@@ -64,6 +65,17 @@ def known_sha256(path: str | Path) -> str | None:
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint file, unwrapped from the accepted layouts (see module doc)."""
     path = Path(path)
+    if path.is_dir():
+        from samtune.models.hf_checkpoints import (HfCheckpointError, is_hf_folder,
+                                                    read_hf_state_dict)
+
+        if not is_hf_folder(path):
+            raise CheckpointError(f"checkpoint {path} is a folder without config.json + "
+                                  "model.safetensors (a Hugging Face save_pretrained folder)")
+        try:
+            return read_hf_state_dict(path)
+        except HfCheckpointError as exc:
+            raise CheckpointError(str(exc)) from None
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
@@ -159,7 +171,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, expected_sha256: str 
     family = family or getattr(model, "family", "") or type(model).__name__
     state = read_state_dict(path)
     expected = expected_sha256 or known_sha256(path)
-    if expected:
+    if expected and path.is_file():
         actual = file_sha256(path)
         if actual != expected.lower():
             warnings.warn(f"checkpoint {path}: sha256 {actual} differs from the published "

@@ -5,8 +5,8 @@
   `image_embeddings` 1×C×S/16×S/16.
 - decoder.onnx: segment_anything's `SamOnnxModel` (return_single_mask=False, the script's
   default; its crop to `orig_im_size` fixed as upstream did after the 1.0 release; N prompts per
-  call where upstream traces 1). Inputs `image_embeddings` 1×C×h×w; `point_coords` N×P×2 float, pixels on the S×S
-  input grid (x, y); `point_labels` N×P float (1 positive, 0 negative, -1 padding, 2 and 3 a box's
+  call where upstream traces 1). Inputs `image_embeddings` 1×C×h×w; `point_coords` N×P×2
+  float, pixels on the S×S input grid (x, y); `point_labels` N×P float (1 positive, 0 negative, -1 padding, 2 and 3 a box's
   top-left and bottom-right corners: a box is two points); `mask_input` N×1×4h×4w low-res logits;
   `has_mask_input` 1 float (0 or 1); `orig_im_size` 2 float (H, W; masks come back at that size,
   as SAM's longest-side resize is undone). Outputs `masks` N×4×H×W logits, `iou_predictions`

@@ -1,0 +1,128 @@
+"""Hugging Face Transformers SAM checkpoints (a folder with config.json + model.safetensors, as
+`facebook/sam-vit-base` and `wanglab/medsam-vit-base` are published) mapped onto
+segment-anything's key layout, so they load into samtune's `sam_*` / `medsam_vit_b`
+architectures and everything downstream (LoRA, exports, cache) is unchanged.
+
+The key map is the inverse of transformers' SAM conversion (segment-anything → HF names: blocks
+→ layers, norm → layer_norm, neck.0–3 → conv1 / layer_norm1 / conv2 / layer_norm2, the
+hypernetwork and IoU MLPs' layers.0/1/2 → proj_in / layers.0 / proj_out, output_upscaling.0/1/3
+→ upscale_conv1 / upscale_layer_norm / upscale_conv2, mask_downscaling → mask_embed, …). The HF
+model holds the prompt encoder's Gaussian matrix twice (`shared_image_embedding` and
+`prompt_encoder.shared_embedding`); both must agree, one is kept. The folder's
+preprocessor_config.json is ignored: samtune feeds the family's official preprocessing.
+SAM2 (`Sam2Model`) folders are refused with a clear message (not mapped yet).
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+__all__ = ["is_hf_folder", "read_hf_state_dict", "hf_to_official", "official_to_hf",
+           "HfCheckpointError"]
+
+# (official pattern, HF replacement), applied in order official → HF; the inverse reverses them.
+_RULES: list[tuple[str, str]] = [
+    (r"^image_encoder\.", "vision_encoder."),
+    (r"\.blocks\.", ".layers."),
+    (r"\.patch_embed\.proj\.", ".patch_embed.projection."),
+    (r"\.neck\.0\.", ".neck.conv1."), (r"\.neck\.1\.", ".neck.layer_norm1."),
+    (r"\.neck\.2\.", ".neck.conv2."), (r"\.neck\.3\.", ".neck.layer_norm2."),
+    (r"\.norm(\d|_final_attn)", r".layer_norm\1"),
+    (r"(mlps\.\d+|iou_prediction_head)\.layers\.0\.", r"\1.proj_in."),
+    (r"(mlps\.\d+|iou_prediction_head)\.layers\.1\.", r"\1.layers.0."),
+    (r"(mlps\.\d+|iou_prediction_head)\.layers\.2\.", r"\1.proj_out."),
+    (r"\.output_upscaling\.0\.", ".upscale_conv1."),
+    (r"\.output_upscaling\.1\.", ".upscale_layer_norm."),
+    (r"\.output_upscaling\.3\.", ".upscale_conv2."),
+    (r"\.mask_downscaling\.0\.", ".mask_embed.conv1."),
+    (r"\.mask_downscaling\.1\.", ".mask_embed.layer_norm1."),
+    (r"\.mask_downscaling\.3\.", ".mask_embed.conv2."),
+    (r"\.mask_downscaling\.4\.", ".mask_embed.layer_norm2."),
+    (r"\.mask_downscaling\.6\.", ".mask_embed.conv3."),
+    (r"\.point_embeddings\.", ".point_embed."),
+    (r"\.pe_layer\.positional_encoding_gaussian_matrix$",
+     ".shared_embedding.positional_embedding"),
+]
+_SHARED = "shared_image_embedding.positional_embedding"
+_PROMPT_PE = "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
+# The inverse, HF → official (patterns written for HF names).
+_INVERSE: list[tuple[str, str]] = [
+    (r"^vision_encoder\.", "image_encoder."),
+    (r"^(image_encoder\.)layers\.", r"\1blocks."),
+    (r"\.patch_embed\.projection\.", ".patch_embed.proj."),
+    (r"\.neck\.conv1\.", ".neck.0."), (r"\.neck\.layer_norm1\.", ".neck.1."),
+    (r"\.neck\.conv2\.", ".neck.2."), (r"\.neck\.layer_norm2\.", ".neck.3."),
+    (r"(mlps\.\d+|iou_prediction_head)\.layers\.0\.", r"\1.layers.1."),
+    (r"(mlps\.\d+|iou_prediction_head)\.proj_in\.", r"\1.layers.0."),
+    (r"(mlps\.\d+|iou_prediction_head)\.proj_out\.", r"\1.layers.2."),
+    (r"\.upscale_conv1\.", ".output_upscaling.0."),
+    (r"\.upscale_layer_norm\.", ".output_upscaling.1."),
+    (r"\.upscale_conv2\.", ".output_upscaling.3."),
+    (r"\.mask_embed\.conv1\.", ".mask_downscaling.0."),
+    (r"\.mask_embed\.layer_norm1\.", ".mask_downscaling.1."),
+    (r"\.mask_embed\.conv2\.", ".mask_downscaling.3."),
+    (r"\.mask_embed\.layer_norm2\.", ".mask_downscaling.4."),
+    (r"\.mask_embed\.conv3\.", ".mask_downscaling.6."),
+    (r"\.point_embed\.", ".point_embeddings."),
+    (r"\.shared_embedding\.positional_embedding$",
+     ".pe_layer.positional_encoding_gaussian_matrix"),
+    (r"\.layer_norm(\d|_final_attn)", r".norm\1"),
+]
+
+
+class HfCheckpointError(ValueError):
+    """A Hugging Face folder that cannot be read as a samtune checkpoint."""
+
+
+def is_hf_folder(path: str | Path) -> bool:
+    """A folder with config.json and model.safetensors (a `save_pretrained` output)."""
+    p = Path(path)
+    return p.is_dir() and (p / "config.json").is_file() and (p / "model.safetensors").is_file()
+
+
+def _apply(key: str, rules: list[tuple[str, str]]) -> str:
+    for pattern, repl in rules:
+        key = re.sub(pattern, repl, key)
+    return key
+
+
+def official_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """segment-anything `Sam` state dict → transformers `SamModel` state dict."""
+    out = {_apply(k, _RULES): v for k, v in state.items()}
+    if _PROMPT_PE in state:
+        out[_SHARED] = state[_PROMPT_PE]
+    return out
+
+
+def hf_to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers `SamModel` state dict → segment-anything `Sam` state dict."""
+    shared = state.get(_SHARED)
+    out = {_apply(k, _INVERSE): v for k, v in state.items() if k != _SHARED}
+    pe = out.get(_PROMPT_PE)
+    if pe is None and shared is not None:  # save_pretrained keeps one copy of tied weights
+        out[_PROMPT_PE] = pe = shared
+    if shared is not None and not torch.equal(shared, pe):
+        raise HfCheckpointError("shared_image_embedding and the prompt encoder's positional "
+                                "embedding differ; segment-anything has one matrix")
+    return out
+
+
+def read_hf_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
+    """A `SamModel` folder → its weights in segment-anything's key layout."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise HfCheckpointError(f"{folder / 'config.json'}: unreadable ({exc})") from None
+    kind = config.get("model_type")
+    if kind != "sam":
+        raise HfCheckpointError(
+            f"{folder}: model_type '{kind}'; samtune maps Hugging Face SAM (SamModel: "
+            "facebook/sam-vit-*, wanglab/medsam-vit-base) folders; for SAM2 use the official "
+            "sam2 .pt checkpoints")
+    return hf_to_official(load_file(str(folder / "model.safetensors"), device="cpu"))
