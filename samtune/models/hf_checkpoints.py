@@ -104,7 +104,7 @@ def hf_to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     pe = out.get(_PROMPT_PE)
     if pe is None and shared is not None:  # save_pretrained keeps one copy of tied weights
         out[_PROMPT_PE] = pe = shared
-    if shared is not None and not torch.equal(shared, pe):
+    if shared is not None and not shared.is_meta and not torch.equal(shared, pe):
         raise HfCheckpointError("shared_image_embedding and the prompt encoder's positional "
                                 "embedding differ; segment-anything has one matrix")
     return out

@@ -91,3 +91,17 @@ def test_unusable_folders_are_refused_with_the_reason(tmp_path):
     (sam2 / "model.safetensors").write_bytes(b"")
     with pytest.raises(CheckpointError, match="model_type 'sam2'"):
         build_model(ModelConfig(name="sam2_tiny", checkpoint=sam2))
+
+
+def test_the_published_vit_base_layout_maps_onto_sam_vit_b():
+    """transformers' default SamConfig is facebook/sam-vit-base (and wanglab/medsam-vit-base):
+    its keys and shapes map onto sam_vit_b's / medsam_vit_b's exactly (built on meta)."""
+    from transformers import SamConfig, SamModel
+
+    from samtune.models.registry import meta_device
+
+    with meta_device():
+        hf = SamModel(SamConfig()).state_dict()
+        ours = build_architecture("medsam_vit_b", meta=True).state_dict()
+    assert {k: v.shape for k, v in hf_to_official(hf).items()} == \
+        {k: v.shape for k, v in ours.items()}
