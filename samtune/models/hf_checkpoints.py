@@ -10,7 +10,9 @@ hypernetwork and IoU MLPs' layers.0/1/2 → proj_in / layers.0 / proj_out, outpu
 model holds the prompt encoder's Gaussian matrix twice (`shared_image_embedding` and
 `prompt_encoder.shared_embedding`); both must agree, one is kept. The folder's
 preprocessor_config.json is ignored: samtune feeds the family's official preprocessing.
-SAM2 (`Sam2Model`) folders are refused with a clear message (not mapped yet).
+SAM2 / SAM2.1 (`Sam2Model`, e.g. `facebook/sam2.1-hiera-tiny`) folders map onto the `sam2*`
+entries the same way (`hf_sam2_to_official`); a Sam2Model holds no video-memory modules, so those
+keep the architecture's initial weights (single-image segmentation never uses them).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["is_hf_folder", "read_hf_state_dict", "hf_to_official", "official_to_hf",
-           "HfCheckpointError"]
+           "hf_sam2_to_official", "HfCheckpointError"]
 
 # (official pattern, HF replacement), applied in order official → HF; the inverse reverses them.
 _RULES: list[tuple[str, str]] = [
@@ -73,6 +75,24 @@ _INVERSE: list[tuple[str, str]] = [
 ]
 
 
+# SAM2 (HF → official), applied in order after the prefix renames.
+_SAM2_INVERSE: list[tuple[str, str]] = [
+    (r"^no_memory_embedding$", "no_mem_embed"),
+    (r"^vision_encoder\.backbone\.", "image_encoder.trunk."),
+    (r"^vision_encoder\.neck\.convs\.(\d+)\.", r"image_encoder.neck.convs.\1.conv."),
+    (r"^prompt_encoder\.", "sam_prompt_encoder."),
+    (r"^mask_decoder\.", "sam_mask_decoder."),
+    (r"\.o_proj\.", ".out_proj."),
+    (r"\.mlp\.proj_in\.", ".mlp.layers.0."),  # two-layer MLPs (Hiera blocks, decoder blocks)
+    (r"\.mlp\.proj_out\.", ".mlp.layers.1."),
+    (r"(mlps\.\d+|iou_prediction_head|pred_obj_score_head)\.layers\.0\.", r"\1.layers.1."),
+    (r"(mlps\.\d+|iou_prediction_head|pred_obj_score_head)\.proj_in\.", r"\1.layers.0."),
+    (r"(mlps\.\d+|iou_prediction_head|pred_obj_score_head)\.proj_out\.", r"\1.layers.2."),
+    *[r for r in _INVERSE[2:] if "mlps" not in r[0] and "neck" not in r[0]],
+]
+_SAM2_PE = "sam_prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
+
+
 class HfCheckpointError(ValueError):
     """A Hugging Face folder that cannot be read as a samtune checkpoint."""
 
@@ -110,6 +130,23 @@ def hf_to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def hf_sam2_to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers `Sam2Model` state dict → sam2 `SAM2Base` keys (single-image parts only)."""
+    shared = state.get(_SHARED)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key == _SHARED:
+            continue
+        if key == "prompt_encoder.point_embed.weight":  # one (4, C) table → 4 embeddings
+            for i, row in enumerate(value):
+                out[f"sam_prompt_encoder.point_embeddings.{i}.weight"] = row[None]
+            continue
+        out[_apply(key, _SAM2_INVERSE)] = value
+    if _SAM2_PE not in out and shared is not None:
+        out[_SAM2_PE] = shared
+    return out
+
+
 def read_hf_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
     """A `SamModel` folder → its weights in segment-anything's key layout."""
     from safetensors.torch import load_file
@@ -120,9 +157,13 @@ def read_hf_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
     except (OSError, ValueError) as exc:
         raise HfCheckpointError(f"{folder / 'config.json'}: unreadable ({exc})") from None
     kind = config.get("model_type")
-    if kind != "sam":
+    convert = {"sam": hf_to_official, "sam2": hf_sam2_to_official}.get(kind)
+    if convert is None:
         raise HfCheckpointError(
-            f"{folder}: model_type '{kind}'; samtune maps Hugging Face SAM (SamModel: "
-            "facebook/sam-vit-*, wanglab/medsam-vit-base) folders; for SAM2 use the official "
-            "sam2 .pt checkpoints")
-    return hf_to_official(load_file(str(folder / "model.safetensors"), device="cpu"))
+            f"{folder}: model_type '{kind}'; samtune maps Hugging Face SamModel (sam) and "
+            "Sam2Model (sam2) folders; for other kinds use the official .pt checkpoints")
+    try:
+        state = load_file(str(folder / "model.safetensors"), device="cpu")
+    except Exception as exc:  # noqa: BLE001 — safetensors raises its own error types
+        raise HfCheckpointError(f"{folder / 'model.safetensors'}: unreadable ({exc})") from None
+    return convert(state)

@@ -85,12 +85,15 @@ def test_unusable_folders_are_refused_with_the_reason(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="config.json"):
         build_model(ModelConfig(name="sam_tiny", checkpoint=tmp_path / "empty"))
-    sam2 = tmp_path / "sam2"
-    sam2.mkdir()
-    (sam2 / "config.json").write_text(json.dumps({"model_type": "sam2"}))
-    (sam2 / "model.safetensors").write_bytes(b"")
-    with pytest.raises(CheckpointError, match="model_type 'sam2'"):
-        build_model(ModelConfig(name="sam2_tiny", checkpoint=sam2))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "mask2former"}))
+    (other / "model.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="model_type 'mask2former'"):
+        build_model(ModelConfig(name="sam_tiny", checkpoint=other))
+    (other / "config.json").write_text(json.dumps({"model_type": "sam2"}))
+    with pytest.raises(CheckpointError, match="model.safetensors: unreadable"):
+        build_model(ModelConfig(name="sam2_tiny", checkpoint=other))
 
 
 def test_the_published_vit_base_layout_maps_onto_sam_vit_b():
@@ -105,3 +108,22 @@ def test_the_published_vit_base_layout_maps_onto_sam_vit_b():
         ours = build_architecture("medsam_vit_b", meta=True).state_dict()
     assert {k: v.shape for k, v in hf_to_official(hf).items()} == \
         {k: v.shape for k, v in ours.items()}
+
+
+@pytest.mark.slow
+def test_a_sam2_folder_loads_into_sam21_hiera_t_and_gives_the_hf_models_outputs(tmp_path):
+    """transformers' default Sam2Config is the SAM2.1 Hiera-T architecture
+    (facebook/sam2.1-hiera-tiny); its video-memory modules are absent and keep their weights."""
+    from transformers import Sam2Config, Sam2Model
+
+    torch.manual_seed(0)
+    hf = Sam2Model(Sam2Config()).eval()
+    hf.save_pretrained(tmp_path / "sam2")
+    model = build_model(ModelConfig(name="sam2.1_hiera_t", checkpoint=tmp_path / "sam2")).eval()
+    x = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(1))
+    boxes = torch.tensor([[100.0, 200.0, 600.0, 700.0]])
+    with torch.no_grad():
+        theirs = hf(pixel_values=x, input_boxes=boxes[None], multimask_output=False)
+        low, iou = model.decode(model.encode(x), 0, Prompts(boxes=boxes))
+    assert torch.allclose(theirs.pred_masks[0], low, atol=1e-4)
+    assert torch.allclose(theirs.iou_scores[0], iou, atol=1e-5)
