@@ -57,7 +57,11 @@ def checkpoint_rows(cfg: Config) -> list[Row]:
     spec = get_spec(cfg.model.name)
     if cfg.model.checkpoint is None:
         return [("checkpoint", "ok", f"{cfg.model.name}: none configured (random init)")]
+    from samtune.models.hf_checkpoints import is_hf_folder
+
     path = cfg.model.checkpoints_dir / cfg.model.checkpoint
+    if is_hf_folder(path):
+        return [("checkpoint", "ok", f"{path}: Hugging Face folder present")]
     if not path.is_file():
         from samtune.models.checkpoint_files import missing_checkpoint_message
 

@@ -179,13 +179,20 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, expected_sha256: str 
                           stacklevel=2)
     model_keys = set(model.state_dict())
     state = strip_prefixes(dict(state), model_keys)
+    if path.is_dir():  # a Hugging Face folder: its config.json must describe this architecture
+        from samtune.models.hf_architecture import architecture_problem
+
+        if problem := architecture_problem(path, model):
+            raise CheckpointError(problem)
     if path.is_dir() and hasattr(model, "SINGLE_IMAGE_PARTS"):
         # a Hugging Face Sam2Model has no video-memory modules: they keep their initial weights
         own = model.state_dict()
         memory = [k for k in own if k not in state and not k.startswith(model.SINGLE_IMAGE_PARTS)]
         state.update({k: own[k] for k in memory})
-        log.warning("%s: %d video-memory tensors are not in a Sam2Model folder; they keep their "
-                    "initial weights (unused by single-image segmentation)", path, len(memory))
+        if memory:  # a Sam2VideoModel folder has them all
+            log.warning("%s: %d video-memory tensors are not in a Sam2Model folder; they keep "
+                        "their initial weights (unused by single-image segmentation)", path,
+                        len(memory))
     adapt_to_image_size(state, model)
     report = mismatch_report(state, model)
     if report:

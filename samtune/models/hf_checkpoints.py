@@ -8,22 +8,28 @@ The key map is the inverse of transformers' SAM conversion (segment-anything →
 hypernetwork and IoU MLPs' layers.0/1/2 → proj_in / layers.0 / proj_out, output_upscaling.0/1/3
 → upscale_conv1 / upscale_layer_norm / upscale_conv2, mask_downscaling → mask_embed, …). The HF
 model holds the prompt encoder's Gaussian matrix twice (`shared_image_embedding` and
-`prompt_encoder.shared_embedding`); both must agree, one is kept. The folder's
-preprocessor_config.json is ignored: samtune feeds the family's official preprocessing.
-SAM2 / SAM2.1 (`Sam2Model`, e.g. `facebook/sam2.1-hiera-tiny`) folders map onto the `sam2*`
-entries the same way (`hf_sam2_to_official`); a Sam2Model holds no video-memory modules, so those
-keep the architecture's initial weights (single-image segmentation never uses them).
+`prompt_encoder.shared_embedding`: tied in SamModel, separate in Sam2Model, equal in the published
+conversions); they must agree (copies an HF-side fine-tune let drift have no official
+equivalent). preprocessor_config.json is ignored: samtune feeds the family's official inputs.
+SAM2 / SAM2.1 folders map onto the `sam2*` entries the same way (`hf_sam2_to_official`):
+`Sam2VideoModel` ones (model_type sam2_video, as `facebook/sam2.1-hiera-tiny` is published) with
+their video-memory modules; a `Sam2Model` (sam2) holds none, so those keep the architecture's
+initial weights (single-image segmentation never uses them).
 """
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 __all__ = ["is_hf_folder", "read_hf_state_dict", "hf_to_official", "official_to_hf",
            "hf_sam2_to_official", "HfCheckpointError"]
+
+log = logging.getLogger(__name__)
 
 # (official pattern, HF replacement), applied in order official → HF; the inverse reverses them.
 _RULES: list[tuple[str, str]] = [
@@ -91,6 +97,33 @@ _SAM2_INVERSE: list[tuple[str, str]] = [
     *[r for r in _INVERSE[2:] if "mlps" not in r[0] and "neck" not in r[0]],
 ]
 _SAM2_PE = "sam_prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
+# Sam2VideoModel's memory modules (HF → official), applied before _SAM2_INVERSE (which then maps
+# the memory attention's o_proj / layer_normN like the decoder's). Inverts transformers'
+# convert_sam2_video_to_hf.py; MaskDownSampler.encoder is (conv, norm, GELU) × 4 + a 1×1 conv.
+_FUSER = r"^memory_encoder\.memory_fuser\.layers\.(\d+)\."
+_SAM2_VIDEO_INVERSE: list[tuple[str, str | Callable[[re.Match[str]], str]]] = [
+    (r"^no_memory_positional_encoding$", "no_mem_pos_enc"),
+    (r"^memory_temporal_positional_encoding$", "maskmem_tpos_enc"),
+    (r"^no_object_pointer$", "no_obj_ptr"),
+    (r"^occlusion_spatial_embedding_parameter$", "no_obj_embed_spatial"),
+    (r"^temporal_positional_encoding_projection_layer\.", "obj_ptr_tpos_proj."),
+    (r"^object_pointer_proj\.layers\.0\.", "obj_ptr_proj.layers.1."),
+    (r"^object_pointer_proj\.proj_in\.", "obj_ptr_proj.layers.0."),
+    (r"^object_pointer_proj\.proj_out\.", "obj_ptr_proj.layers.2."),
+    (r"^object_pointer_proj\.", "obj_ptr_proj."),  # a single Linear (no MLP for obj_ptr)
+    (r"^memory_attention\.layer_norm\.", "memory_attention.norm."),
+    (r"^memory_encoder\.feature_projection\.", "memory_encoder.pix_feat_proj."),
+    (r"^memory_encoder\.projection\.", "memory_encoder.out_proj."),
+    (r"^memory_encoder\.mask_downsampler\.final_conv\.",
+     "memory_encoder.mask_downsampler.encoder.12."),
+    (r"^memory_encoder\.mask_downsampler\.layers\.(\d+)\.(conv|layer_norm)\.",
+     lambda m: f"memory_encoder.mask_downsampler.encoder.{3 * int(m[1]) + (m[2] != 'conv')}."),
+    (_FUSER + r"scale$", r"memory_encoder.fuser.layers.\1.gamma"),
+    (_FUSER + r"depthwise_conv\.", r"memory_encoder.fuser.layers.\1.dwconv."),
+    (_FUSER + r"pointwise_conv(\d)\.", r"memory_encoder.fuser.layers.\1.pwconv\2."),
+    (_FUSER + r"layer_norm\.", r"memory_encoder.fuser.layers.\1.norm."),
+    (r"^memory_encoder\.memory_fuser\.", "memory_encoder.fuser."),
+]
 
 
 class HfCheckpointError(ValueError):
@@ -103,7 +136,7 @@ def is_hf_folder(path: str | Path) -> bool:
     return p.is_dir() and (p / "config.json").is_file() and (p / "model.safetensors").is_file()
 
 
-def _apply(key: str, rules: list[tuple[str, str]]) -> str:
+def _apply(key: str, rules: list[tuple[str, str | Callable[[re.Match[str]], str]]]) -> str:
     for pattern, repl in rules:
         key = re.sub(pattern, repl, key)
     return key
@@ -119,20 +152,22 @@ def official_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def hf_to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """transformers `SamModel` state dict → segment-anything `Sam` state dict."""
-    shared = state.get(_SHARED)
     out = {_apply(k, _INVERSE): v for k, v in state.items() if k != _SHARED}
-    pe = out.get(_PROMPT_PE)
-    if pe is None and shared is not None:  # save_pretrained keeps one copy of tied weights
-        out[_PROMPT_PE] = pe = shared
-    if shared is not None and not shared.is_meta and not torch.equal(shared, pe):
-        raise HfCheckpointError("shared_image_embedding and the prompt encoder's positional "
-                                "embedding differ; segment-anything has one matrix")
+    _merge_pe(out, state.get(_SHARED), _PROMPT_PE)
     return out
 
 
+def _merge_pe(out: dict[str, torch.Tensor], shared: torch.Tensor | None, key: str) -> None:
+    """HF's two copies of the Gaussian matrix → the official one (see the module doc)."""
+    pe = out.setdefault(key, shared) if shared is not None else out.get(key)
+    if shared is not None and not shared.is_meta and not torch.equal(shared, pe):
+        raise HfCheckpointError("shared_image_embedding and the prompt encoder's positional "
+                                "embedding differ; segment-anything / sam2 have one matrix")
+
+
 def hf_sam2_to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """transformers `Sam2Model` state dict → sam2 `SAM2Base` keys (single-image parts only)."""
-    shared = state.get(_SHARED)
+    """transformers `Sam2Model` / `Sam2VideoModel` state dict → sam2 `SAM2Base` keys (a
+    Sam2Model has the single-image parts only)."""
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key == _SHARED:
@@ -141,9 +176,8 @@ def hf_sam2_to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
             for i, row in enumerate(value):
                 out[f"sam_prompt_encoder.point_embeddings.{i}.weight"] = row[None]
             continue
-        out[_apply(key, _SAM2_INVERSE)] = value
-    if _SAM2_PE not in out and shared is not None:
-        out[_SAM2_PE] = shared
+        out[_apply(_apply(key, _SAM2_VIDEO_INVERSE), _SAM2_INVERSE)] = value
+    _merge_pe(out, state.get(_SHARED), _SAM2_PE)
     return out
 
 
@@ -157,11 +191,13 @@ def read_hf_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
     except (OSError, ValueError) as exc:
         raise HfCheckpointError(f"{folder / 'config.json'}: unreadable ({exc})") from None
     kind = config.get("model_type")
-    convert = {"sam": hf_to_official, "sam2": hf_sam2_to_official}.get(kind)
+    convert = {"sam": hf_to_official, "sam2": hf_sam2_to_official,
+               "sam2_video": hf_sam2_to_official}.get(kind)
     if convert is None:
         raise HfCheckpointError(
             f"{folder}: model_type '{kind}'; samtune maps Hugging Face SamModel (sam) and "
-            "Sam2Model (sam2) folders; for other kinds use the official .pt checkpoints")
+            "Sam2Model / Sam2VideoModel (sam2, sam2_video) folders; for other kinds use the "
+            "official .pt checkpoints")
     try:
         state = load_file(str(folder / "model.safetensors"), device="cpu")
     except Exception as exc:  # noqa: BLE001 — safetensors raises its own error types
