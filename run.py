@@ -15,7 +15,7 @@ import yaml
 from pipelines import PIPELINES
 from samtune.config import Config, ConfigError, load_config
 from samtune.data.cases import DataError
-from samtune.registry_ops import RegistryError
+from samtune.lifecycle.registry import RegistryError
 
 REPO = Path(__file__).resolve().parent
 log = logging.getLogger("samtune")
@@ -118,7 +118,7 @@ def _download(name: str, cfg: Config) -> int:
 
 
 def _report(run: object, output_dir: Path) -> None:
-    from samtune.summary import run_summary
+    from samtune.cli.summary import run_summary
 
     steps = getattr(run, "steps", {})
     for name, step_run in steps.items():
@@ -127,7 +127,7 @@ def _report(run: object, output_dir: Path) -> None:
 
 
 def _check(cfg: Config) -> int:
-    from samtune import check
+    from samtune.cli import check
     from stacks.local import configure_environment, stack_rows
 
     home = configure_environment(cfg.stack, REPO)

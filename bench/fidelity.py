@@ -3,7 +3,7 @@
 Per zoo entry (random weights of the real architecture, seed 0; the SAM2 family's object-score
 head biased to 'present' so the video predictor does not blank the mask), one synthetic 300×220
 uint8 image with a box — and, for families whose inference takes them, a box plus a positive
-and a negative point — runs through `samtune.models.fidelity.samtune_predict` (the pipeline's
+and a negative point — runs through `samtune.inference.fidelity.samtune_predict` (the pipeline's
 `SlicePredictor`) and `official_predict` (SamPredictor / mobile_sam / MedSAM_Inference.py /
 SAM2ImagePredictor / MedSAM2's video predictor). Printed per family and prompt: mask IoU, the
 largest logit difference on the image, and the median seconds per slice of each path over
@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from samtune.models.fidelity import official_predict, samtune_predict  # noqa: E402
+from samtune.inference.fidelity import official_predict, samtune_predict  # noqa: E402
 from samtune.models.registry import build_architecture  # noqa: E402
 
 logger = logging.getLogger("bench.fidelity")

@@ -13,7 +13,7 @@ the cost does not depend on the values; --checkpoint loads one if wanted).
       sigmoid; the decoder alone beside it). Cost of one extra prompt = least-squares slope over
       N; target: ≤ 10 % of the encoder's time per slice. Encoder and decodes are timed
       interleaved, round by round (at least 11 rounds), so contention hits them alike.
-  (c) reassembly alone (samtune.eval.predict.reassemble) per volume: the phantom's grid and a
+  (c) reassembly alone (samtune.inference.reassemble) per volume: the phantom's grid and a
       512×512×--depth volume (synthetic labels; a slice grid of --img-size).
 Every figure is the median of --repeats runs after one warm-up; the spread (max-min)/median is
 printed beside it, and the run is flagged noisy when it passes 25 % (CPU shared with other
@@ -42,7 +42,7 @@ import torch
 if TYPE_CHECKING:
     from samtune.config import ConvertConfig
     from samtune.data.cases import Case
-    from samtune.eval.predict import SlicePredictor
+    from samtune.inference.predictor import SlicePredictor
 
 REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("bench.infer")
@@ -89,7 +89,8 @@ def bench_volume(predictor: "SlicePredictor", case: "Case", convert: "ConvertCon
     from samtune.config import PromptConfig
     from samtune.data.io import load_volume
     from samtune.data.render import SliceGrid
-    from samtune.eval.predict import gt_instances, predict_with_gt_prompts, reassemble
+    from samtune.inference.gt_prompts import gt_instances, predict_with_gt_prompts
+    from samtune.inference.reassemble import reassemble
 
     state: dict[str, Any] = {}
     prompts = PromptConfig(box=True, bbox_shift=0)
@@ -186,7 +187,7 @@ def bench_reassembly(case: "Case", convert: "ConvertConfig", depth: int, repeats
     from samtune.data.io import load_volume
     from samtune.data.phantoms import phantom_affine
     from samtune.data.render import SliceGrid
-    from samtune.eval.predict import reassemble
+    from samtune.inference.reassemble import reassemble
 
     rng = np.random.default_rng(0)
     res = {}
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
     from samtune.config import ConvertConfig, ModelConfig
-    from samtune.eval.predict import SlicePredictor
+    from samtune.inference.predictor import SlicePredictor
     from samtune.models.registry import build_model
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)

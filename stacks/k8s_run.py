@@ -28,7 +28,7 @@ def spec_variables(path: Path) -> dict[str, str | None]:
 def activate_remote(stack: Any) -> list[str]:
     """Register (idempotently) and activate the stack of `stack.spec`; its actions. The MLflow
     server of its experiment tracker must answer first (RegistryError naming the URI)."""
-    from samtune.registry_ops import check_reachable
+    from samtune.lifecycle.registry import check_reachable
 
     spec = load_stack_spec(stack.spec)
     tracker = spec["components"].get("experiment_tracker", {}).get("configuration", {})

@@ -79,7 +79,7 @@ def ensure_stack(stack: StackConfig, home: Path) -> str:
     from zenml.client import Client
     from zenml.enums import StackComponentType as T
 
-    from samtune.registry_ops import check_reachable
+    from samtune.lifecycle.registry import check_reachable
 
     # an unreachable server fails here, naming the URI, before anything points at it
     check_reachable(tracking_uri(stack, home))
@@ -109,7 +109,7 @@ def prepare_experiment(stack: StackConfig, home: Path, pipeline: str) -> None:
     """Create the pipeline's MLflow experiment (ZenML's tracker names it after the pipeline)
     with its artifacts under `home`; a sqlite store would otherwise write ./mlruns wherever
     the command runs. Experiments on a user's own server are left as they are."""
-    from samtune.tracking import ensure_experiment
+    from samtune.lifecycle.tracking import ensure_experiment
 
     uri = tracking_uri(stack, home)  # reachable: ensure_stack checked it
     if uri.startswith("sqlite:") and uri == f"sqlite:///{home / 'mlflow.db'}":

@@ -18,7 +18,8 @@ _ROOT = Path(samtune.__file__).parent
 def _code_hash(parts: list[str]) -> str:
     digest = hashlib.sha256()
     files = sorted({p for part in parts for p in
-                    ([_ROOT / part] if part.endswith(".py") else _ROOT.joinpath(part).rglob("*.py"))})
+                    ([_ROOT / part] if part.endswith(".py")
+                     else _ROOT.joinpath(part).rglob("*.py"))})
     for path in files:
         digest.update(path.relative_to(_ROOT).as_posix().encode())
         digest.update(path.read_bytes())
@@ -26,14 +27,13 @@ def _code_hash(parts: list[str]) -> str:
 
 
 def samtune_data_code() -> str:
-    """sha256 of the config modules and samtune/data (the prepare steps' code)."""
-    return _code_hash(["config.py", "config_sections.py", "data"])
+    """sha256 of samtune/config and samtune/data (the prepare steps' code)."""
+    return _code_hash(["config", "data"])
 
 
 def samtune_model_code() -> str:
     """sha256 of everything a training or evaluation result depends on."""
-    return _code_hash(["config.py", "config_sections.py", "data", "models", "train", "eval",
-                       "finetune.py"])
+    return _code_hash(["config", "data", "models", "train", "inference", "eval"])
 
 
 DATA_CACHE = CachePolicy(cache_func=samtune_data_code)

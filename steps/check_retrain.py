@@ -6,9 +6,9 @@ from typing import Annotated, Any
 
 from zenml import log_metadata, step
 
-from samtune.champion import open_registry, unchanged_since_champion
 from samtune.config import RegistryConfig
 from samtune.data.datasets import SplitDataset
+from samtune.lifecycle.champion import open_registry, unchanged_since_champion
 
 log = logging.getLogger(__name__)
 

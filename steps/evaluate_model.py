@@ -7,10 +7,10 @@ from typing import Annotated, Any
 
 from zenml import log_metadata, step
 
-from samtune import tracking
 from samtune.config import EvalConfig
 from samtune.data.datasets import SplitDataset
-from samtune.finetune import evaluate_bundle
+from samtune.eval.bundle_eval import evaluate_bundle
+from samtune.lifecycle import tracking
 from samtune.models.bundle import ModelBundle
 from steps.caching import MODEL_CACHE
 

@@ -7,13 +7,13 @@ from typing import Annotated, Any
 
 from zenml import log_metadata, step
 
-from samtune import tracking
 from samtune.config import ConvertConfig, EvalConfig, ModelConfig
 from samtune.data.cases import CaseCollection
 from samtune.data.datasets import SplitDataset
-from samtune.eval.model_source import load_model
 from samtune.eval.volume_eval import evaluate_volumes as evaluate
 from samtune.eval.volume_eval import split_cases
+from samtune.inference.model_source import load_model
+from samtune.lifecycle import tracking
 from samtune.models.bundle import ModelBundle
 from steps.caching import MODEL_CACHE
 

@@ -7,9 +7,9 @@ from typing import Annotated, Any
 from zenml import log_metadata, step
 
 from samtune.config import ConvertConfig, DataConfig, InferConfig, ModelConfig
-from samtune.eval.infer import find_inputs
-from samtune.eval.infer import infer_volumes as infer
-from samtune.eval.model_source import load_model
+from samtune.inference.infer import find_inputs
+from samtune.inference.infer import infer_volumes as infer
+from samtune.inference.model_source import load_model
 
 
 @step(enable_cache=False)

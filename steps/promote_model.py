@@ -8,12 +8,17 @@ from typing import Annotated, Any
 from zenml import log_metadata, step
 from zenml.client import Client
 
-from samtune.champion import judge, latest_version, open_registry, volume_scorer
 from samtune.config import ConvertConfig, EvalConfig, RegistryConfig
 from samtune.data.cases import CaseCollection
 from samtune.data.datasets import SplitDataset
 from samtune.eval.volume_eval import split_cases
-from samtune.promotion import PromotionPolicy
+from samtune.lifecycle.champion import (
+    judge,
+    latest_version,
+    open_registry,
+    volume_scorer,
+)
+from samtune.lifecycle.promotion import PromotionPolicy
 
 
 def _follow_in_zenml(name: str, version: str) -> None:

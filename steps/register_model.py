@@ -9,9 +9,9 @@ import numpy as np
 from PIL import Image
 from zenml import log_metadata, step
 
-from samtune import tracking
 from samtune.config import RegistryConfig
 from samtune.data.datasets import SplitDataset
+from samtune.lifecycle import tracking
 from samtune.models.bundle import ModelBundle
 
 

@@ -7,13 +7,13 @@ from typing import Annotated, Any
 from zenml import log_metadata, step
 
 from materializers.model_bundle import ModelBundleMaterializer
-from samtune import tracking
 from samtune.config import ModelConfig, TrainConfig
 from samtune.data.datasets import SplitDataset
-from samtune.finetune import train_on_export
+from samtune.lifecycle import tracking
+from samtune.lifecycle.buffer import ResilientTracker
 from samtune.models.bundle import ModelBundle
-from samtune.tracking_buffer import ResilientTracker
 from samtune.train.ddp import run_distributed
+from samtune.train.finetune import train_on_export
 from steps.caching import MODEL_CACHE
 
 

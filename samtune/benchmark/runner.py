@@ -88,10 +88,10 @@ def run_cell(cell: Cell | dict[str, Any], dataset_dir: Path | None, cases: Seque
     """Fine-tune and evaluate one cell → its record (status ok|failed, error, mean volume
     Dice / IoU / HD95 mm / NSD over cases and classes of eval.split, seconds, parameters, peak
     memory). Never raises for a failing cell; record.json (+ error.txt) go to its folder."""
-    from samtune.eval.model_source import load_model
-    from samtune.eval.slice_eval import resolve_device
     from samtune.eval.volume_eval import evaluate_volumes, split_cases
-    from samtune.finetune import train_on_export
+    from samtune.inference.model_source import load_model
+    from samtune.models.device import resolve_device
+    from samtune.train.finetune import train_on_export
 
     c = cell if isinstance(cell, Cell) else Cell.from_dict(cell)
     record: dict[str, Any] = {

@@ -1,4 +1,5 @@
-"""Synthetic coronary-CTA-like phantoms (phantom_layouts.py writes them as ASOCA / ImageCAS).
+"""Synthetic coronary-CTA-like phantoms (samtune.data.layouts.phantoms writes them as ASOCA /
+ImageCAS).
 
 A chest in air (-1000 HU): body (tissue 40), lungs (-850), heart (fat -90, myocardium 110, blood
 pool 220) and two coronary trees (left/right) on the heart surface: curved tubes running mostly
@@ -18,8 +19,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.spatial import cKDTree
-
-
 
 GENERATOR_VERSION = 1  # bump when make_phantom changes: stale phantom folders are rewritten
 AIR, TISSUE, LUNG, FAT, MYOCARDIUM, BLOOD = -1000.0, 40.0, -850.0, -90.0, 110.0, 220.0

@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from samtune.eval.biomarkers import agreement
-from samtune.eval.figures import save_figure
+from samtune.figures import save_figure
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from samtune.eval.figures import PALETTE
+from samtune.figures import PALETTE
 
 if TYPE_CHECKING:
     from samtune.eval.report import QCCase
@@ -154,7 +154,9 @@ def bland_altman_pngs(biomarkers: pd.DataFrame) -> list[tuple[str, bytes]]:
     """One Bland–Altman plot per class × biomarker × value_name → [(title, PNG bytes)], drawn
     by `samtune.eval.bland_altman.bland_altman_plot` (which leaves out and counts undefined
     pairs) into a temporary folder and read back."""
-    from samtune.eval.bland_altman import bland_altman_plot  # only when there are biomarkers
+    from samtune.eval.bland_altman import (
+        bland_altman_plot,  # only when there are biomarkers
+    )
 
     out: list[tuple[str, bytes]] = []
     keys = ["class", "biomarker", "value_name"]

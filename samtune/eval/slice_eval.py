@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from samtune.models.base import PromptableModel, Prompts
+from samtune.models.device import resolve_device
+from samtune.models.normalization import normalize
 from samtune.models.prompts import box_from_mask, boxes_to_mask, jitter_boxes
-from samtune.train.normalization import normalize
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,10 @@ def dice_iou(pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.
     if pred.shape != gt.shape or pred.ndim != 3:
         raise ValueError(f"pred and gt must both be N×H×W, got {tuple(pred.shape)} and "
                          f"{tuple(gt.shape)}")
-    from monai.metrics import compute_dice, compute_iou  # here: importing monai takes seconds
+    from monai.metrics import (  # here: importing monai takes seconds
+        compute_dice,
+        compute_iou,
+    )
 
     if len(pred) == 0:
         empty = torch.zeros(0, dtype=torch.float64)
@@ -181,13 +185,6 @@ class SliceMetrics:
 
 
 # ------------------------------------------------------------------ model evaluation
-def resolve_device(device: str | torch.device) -> torch.device:
-    """"auto" → CUDA when available, else CPU; anything else as torch.device(device)."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _normalize(model: PromptableModel, images: torch.Tensor, stats: Any) -> torch.Tensor:
     """B×3×S×S on 0–255 → normalised with the dataset's (mean, std) when it carries them
     (`SliceDataset.normalization`), else with the model's own pixel statistics."""

@@ -24,17 +24,25 @@ from tqdm import tqdm
 from samtune.config import ConvertConfig, EvalConfig, PromptConfig
 from samtune.data import io as data_io
 from samtune.data.cases import Case
-from samtune.data.io_formats import extension, write_volume
+from samtune.data.io_formats import write_volume
 from samtune.data.render import SliceGrid
 from samtune.eval.biomarkers import compute_biomarkers
 from samtune.eval.metrics import MetricTable, case_metrics, slice_metrics
-from samtune.eval.model_source import LoadedModel
-from samtune.eval.predict import SlicePredictor, gt_instances, predict_with_gt_prompts, reassemble
-from samtune.eval.propagate import key_boxes, key_slice_of, propagate_boxes, propagate_video
 from samtune.eval.report import QCCase, ReportPaths, write_report
+from samtune.inference.gt_prompts import gt_instances, predict_with_gt_prompts
+from samtune.inference.model_source import LoadedModel
+from samtune.inference.outputs import prediction_path
+from samtune.inference.predictor import SlicePredictor
+from samtune.inference.propagate import (
+    key_boxes,
+    key_slice_of,
+    propagate_boxes,
+    propagate_video,
+)
+from samtune.inference.reassemble import reassemble
 from samtune.models.registry import build_architecture
 
-__all__ = ["VolumeEvalResult", "evaluate_volumes", "predict_case", "prediction_path",
+__all__ = ["VolumeEvalResult", "evaluate_volumes", "predict_case",
            "split_cases"]
 log = logging.getLogger(__name__)
 
@@ -62,13 +70,6 @@ class VolumeEvalResult:
                     out[f"volume_{metric}_{name}"] = float(value)
             out[f"global_dice_{name}"] = float(s["global_dice"])
         return out
-
-
-def prediction_path(out_dir: Path, case: Case) -> Path:
-    """predictions/<case_id>.nrrd for NRRD inputs, else .nii.gz."""
-    src = case.image_paths[0] if case.image_paths else ""
-    ext = ".nrrd" if extension(Path(src)) in (".nrrd", ".nhdr") else ".nii.gz"
-    return Path(out_dir) / "predictions" / f"{case.case_id}{ext}"
 
 
 def split_cases(cases: Sequence[Case], dataset_dir: Path, split: str) -> list[Case]:

@@ -1,6 +1,6 @@
 """`model.name: oracle`: answers every prompt with the ground-truth mask of its instance.
 
-It has no weights and no encoder; `samtune.eval.predict.SlicePredictor` recognises it
+It has no weights and no encoder; `samtune.inference.predictor.SlicePredictor` recognises it
 (`is_oracle`) and answers each prompted instance with `answer`: its ground truth as seen through
 the oracle's input grid, through the same conversion, prompting and reassembly path as a real
 model. Users evaluate it on their own data to check the geometry and metric chain.
@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from samtune.data.slicing import nearest_indices
-from samtune.models.base import Embeddings, Prompts, PromptableModel
+from samtune.models.base import Embeddings, PromptableModel, Prompts
 
 __all__ = ["OracleModel", "build_oracle", "answer"]
 
@@ -35,7 +35,8 @@ class OracleModel(PromptableModel):
 
     def encode(self, images):  # type: ignore[no-untyped-def]
         raise TypeError("the oracle model has no encoder: predict through "
-                        "samtune.eval.predict.SlicePredictor, which gives it the ground truth")
+                        "samtune.inference.predictor.SlicePredictor, which gives it the "
+                        "ground truth")
 
     def decode(self, emb: Embeddings, b: int, prompts: Prompts, multimask: bool = False):
         raise TypeError("the oracle model answers through SlicePredictor with ground truth only")

@@ -18,7 +18,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from samtune.config_sections import AugmentConfig
+from samtune.config import AugmentConfig
 
 __all__ = ["augment_slice", "slice_generator"]
 

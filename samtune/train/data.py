@@ -35,14 +35,19 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader, Dataset
 
+from samtune.config import AugmentConfig
 from samtune.data.cases import DataError
 from samtune.data.datasets import read_coco_json
 from samtune.models.base import Embeddings, PromptableModel
-from samtune.config_sections import AugmentConfig
+from samtune.models.normalization import (
+    Triple,
+    dataset_normalization,
+    normalize,
+    resolve_normalization,
+    triples,
+)
 from samtune.models.preprocess import get_preprocessing, masks_to_model, resize_to_model
 from samtune.train.augment import augment_slice, slice_generator
-from samtune.train.normalization import (Triple, dataset_normalization, normalize,
-                                         resolve_normalization, triples)
 
 __all__ = ["SliceDataset", "collate", "make_loader", "dataset_normalization",
            "resolve_normalization", "normalize", "load_training_data"]

@@ -23,13 +23,13 @@ import torch
 from torch.utils.data import Dataset
 
 from samtune.config import ModelConfig, TrainConfig, load_config
-from samtune.finetune import TrainingError, train_on_export
 from samtune.models.adapters import apply_method
 from samtune.models.base import PromptableModel
 from samtune.models.registry import build_model
 from samtune.train import ddp
 from samtune.train.data import load_training_data
 from samtune.train.embedding_cache import cache_embeddings, encoder_is_frozen
+from samtune.train.finetune import TrainingError, train_on_export
 from samtune.train.loop import train
 
 __all__ = ["train_in_rank", "main"]

@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 
 from samtune.atomic import atomic_write, atomic_write_text
 from samtune.models.base import Embeddings, PromptableModel
-from samtune.train.normalization import normalize
+from samtune.models.normalization import normalize
 
 __all__ = ["EmbeddingCache", "EmbeddingStore", "CachedEmbeddingDataset", "weights_hash",
            "preprocess_key", "encoder_state", "encoder_is_frozen", "with_embeddings",

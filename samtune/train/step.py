@@ -17,9 +17,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from samtune.config import PromptConfig, TrainConfig
 from samtune.models.base import Embeddings, PromptableModel
+from samtune.models.normalization import normalize
 from samtune.models.prompts import make_prompts, select_best
 from samtune.train.data import collate
-from samtune.train.normalization import normalize
 from samtune.train.embedding_cache import encoder_is_frozen
 from samtune.train.losses import LossParts, sam_loss
 

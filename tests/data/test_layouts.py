@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ from samtune.config import DataConfig, PhantomConfig
 from samtune.data.cases import LayoutError
 from samtune.data.io import file_sha256, load_volume, read_image, write_volume
 from samtune.data.layouts import LAYOUTS, ingest, list_layouts
+from samtune.data.layouts import phantoms as phantoms_layout
 
 AFFINE = np.diag([0.5, 0.5, 1.25, 1.0])
 
@@ -395,9 +394,7 @@ def test_phantoms_delegates_to_the_written_layout(tmp_path, monkeypatch):
         vol(root / "Data/1.label.nii.gz", dtype=np.uint8)
         return root
 
-    fake = types.ModuleType("samtune.data.phantom_layouts")
-    fake.write_dataset = write_dataset
-    monkeypatch.setitem(sys.modules, "samtune.data.phantom_layouts", fake)
+    monkeypatch.setattr(phantoms_layout, "write_dataset", write_dataset)
     coll = ingest(cfg("phantoms", tmp_path / "ph", phantoms=PhantomConfig(layout="imagecas")))
     assert coll.layout == "phantoms(imagecas)" and ids(coll) == ["1"]
     assert calls[0][0] == tmp_path / "ph" and calls[0][1].layout == "imagecas"

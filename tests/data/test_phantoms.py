@@ -14,8 +14,13 @@ from scipy import ndimage
 from samtune.config import PhantomConfig
 from samtune.data.cases import DataError
 from samtune.data.io import read_image
-from samtune.data.phantom_layouts import MARKER, write_dataset
-from samtune.data.phantoms import GENERATOR_VERSION, make_anatomy, make_phantom, phantom_affine
+from samtune.data.layouts.phantoms import MARKER, write_dataset
+from samtune.data.phantoms import (
+    GENERATOR_VERSION,
+    make_anatomy,
+    make_phantom,
+    phantom_affine,
+)
 
 SHAPE, SPACING = (48, 48, 32), (0.8, 0.8, 1.25)
 TINY = dict(shape=SHAPE, spacing=SPACING, n_normal=2, n_diseased=2, n_test=1)

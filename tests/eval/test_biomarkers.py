@@ -17,9 +17,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from samtune.eval import biomarkers_shape
-from samtune.eval.biomarkers import (BIOMARKERS, ROW_KEYS, SUMMARY_COLUMNS, compute_biomarkers,
-                                     lesion_volumes_ml, summarize_biomarkers, validate_selection)
+from samtune.eval.biomarkers import (
+    BIOMARKERS,
+    ROW_KEYS,
+    SUMMARY_COLUMNS,
+    compute_biomarkers,
+    lesion_volumes_ml,
+    summarize_biomarkers,
+    validate_selection,
+)
+from samtune.eval.biomarkers import shape as biomarkers_shape
 from samtune.eval.bland_altman import bland_altman_plot
 
 EXTENSIVE = {"volume_ml", "count", "total_volume_ml", "surface_area_mm2", "centreline_length_mm"}

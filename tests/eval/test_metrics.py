@@ -19,7 +19,7 @@ from samtune.eval.metrics import (
     nsd,
     slice_metrics,
 )
-from samtune.eval.metrics_surface import skeleton
+from samtune.eval.metrics.topology import skeleton
 
 ANISO = (0.5, 0.5, 2.0)
 

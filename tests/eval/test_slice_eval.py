@@ -12,9 +12,15 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from samtune.config import ModelConfig
-from samtune.eval.figures import qc_overlay
-from samtune.eval.slice_eval import (SliceMetrics, box_fill, dice_iou, evaluate_slices,
-                                     summarize, union_by_class)
+from samtune.eval.slice_eval import (
+    SliceMetrics,
+    box_fill,
+    dice_iou,
+    evaluate_slices,
+    summarize,
+    union_by_class,
+)
+from samtune.figures import qc_overlay
 from samtune.models.base import Embeddings, PromptableModel, Prompts
 
 

@@ -19,9 +19,10 @@ from samtune.data.cases import Case
 from samtune.data.io import load_volume, read_image
 from samtune.data.io_formats import write_volume
 from samtune.data.render import SliceGrid
-from samtune.eval.model_source import load_model
-from samtune.eval.predict import gt_instances
-from samtune.eval.volume_eval import evaluate_volumes, prediction_path
+from samtune.eval.volume_eval import evaluate_volumes
+from samtune.inference.gt_prompts import gt_instances
+from samtune.inference.model_source import load_model
+from samtune.inference.outputs import prediction_path
 from samtune.models.oracle import answer
 
 SPACING = (0.9, 1.1, 3.0)  # mm, non-isotropic

@@ -12,7 +12,7 @@ from samtune.config import DataConfig, InferConfig, PhantomConfig
 from samtune.data.cases import DataError
 from samtune.data.io import read_image
 from samtune.data.io_formats import write_volume
-from samtune.eval.infer import find_inputs
+from samtune.inference.infer import find_inputs
 
 TINY = {"name": "sam_tiny", "img_size": 64}
 CONVERT = {"img_size": 64, "intensity": "window", "window": "cta"}
@@ -77,8 +77,8 @@ def test_demo_prompts_file_fits_the_demo_testset(tmp_path: Path) -> None:
     """configs/demo_prompts.json (one box per vessel on a key slice of each unlabelled demo
     phantom) names the demo's Testset cases and stays inside their volumes."""
     from samtune.config import load_config
-    from samtune.eval.infer import check_prompts, find_inputs
-    from samtune.eval.prompts_file import read_prompts
+    from samtune.inference.infer import check_prompts, find_inputs
+    from samtune.inference.prompts_file import read_prompts
 
     cfg = load_config("demo", [f"data.root={tmp_path / 'demo-data'}"])
     cases = find_inputs(cfg.infer, cfg.data)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from samtune.config_sections import AugmentConfig
+from samtune.config import AugmentConfig
 from samtune.train.augment import augment_slice, slice_generator
 
 GEOMETRY = AugmentConfig(enabled=True, p_affine=1.0, rotate_deg=30, scale=(0.8, 1.2), shift=0.1,
