@@ -21,6 +21,10 @@ class PromptConfig(Section):
     mask_prompt: bool = Field(False, description="feed the previous low-res logits back")
     multimask: bool = False
     max_instances: int = Field(16, ge=1, description="instances per slice per step")
+    click_rounds: int = Field(0, ge=0, le=32, description="corrective-click rounds after the "
+                              "first prompt (SAM/SAM-Med2D interactive training); 0: one-shot")
+    click_loss: Literal["all", "last"] = Field("all", description="rounds whose masks count in "
+                                               "the loss")
 
 
 class DistributedConfig(Section):

@@ -17,9 +17,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+import torch
 from scipy import ndimage
 
-__all__ = ["Click", "next_click", "click_curve", "clicks_to_reach", "mask_dice"]
+from samtune.models.base import Prompts
+
+__all__ = ["Click", "next_click", "click_curve", "clicks_to_reach", "mask_dice",
+           "append_clicks"]
 
 
 @dataclass(frozen=True)
@@ -113,3 +117,27 @@ def clicks_to_reach(curve: list[float], target: float = 0.9) -> int | None:
         if d >= target:
             return k
     return None
+
+
+def append_clicks(prompts: Prompts, clicks: list[Click | None], *, xy: bool) -> Prompts:
+    """Prompts of N instances plus one click each (None: a padding point, label -1, for an
+    instance already exact) → new Prompts, points N×(P+1)×D. Click coordinates are array
+    indices of the grid the prompts live on; `xy` (2D SAM-style models) turns (row, col)
+    into (x, y); 3D models (SAM-Med3D) take the indices in array order, as upstream does.
+    Boxes and mask_inputs are carried over unchanged."""
+    n, dims = len(clicks), next((len(c.coord) for c in clicks if c is not None), 2)
+    device = next((t.device for t in (prompts.boxes, prompts.points, prompts.mask_inputs)
+                   if t is not None), torch.device("cpu"))
+    new = torch.zeros(n, 1, dims, device=device)
+    labels = torch.full((n, 1), -1, dtype=torch.long, device=device)
+    for i, c in enumerate(clicks):
+        if c is not None:
+            coord = c.coord[::-1] if xy else c.coord
+            new[i, 0] = torch.tensor(coord, dtype=torch.float32, device=device)
+            labels[i, 0] = int(c.positive)
+    if prompts.points is None:
+        points, point_labels = new, labels
+    else:
+        points = torch.cat([prompts.points.float(), new], dim=1)
+        point_labels = torch.cat([prompts.point_labels.long(), labels], dim=1)
+    return Prompts(prompts.boxes, points, point_labels, prompts.mask_inputs)

@@ -21,6 +21,7 @@ from samtune.models.normalization import normalize
 from samtune.models.prompts import make_prompts, select_best
 from samtune.train.data import collate
 from samtune.train.embedding_cache import encoder_is_frozen
+from samtune.train.interactive import click_rounds
 from samtune.train.losses import LossParts, sam_loss
 
 __all__ = ["batch_order", "local_part", "count_batches", "epoch_batches", "make_normalizer",
@@ -146,7 +147,9 @@ def predict_instances(model: PromptableModel, emb: Embeddings, batch: Batch, cfg
                       max_instances: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Prompt every image's instances (at most `max_instances`, a random subset drawn from
     `generator`) and decode: → logits N×M×S×S, IoU N×M, targets N×S×S bool (N = all instances
-    of the batch, pooled; 0 when no image has one)."""
+    of the batch, pooled; 0 when no image has one). With `cfg.click_rounds` K > 0 each instance
+    is decoded K more times with corrective clicks (`samtune.train.interactive`) and every
+    round (or the last, `cfg.click_loss`) adds its N rows, each with the instance's target."""
     logits, ious, targets = [], [], []
     for b, masks in enumerate(batch["masks"]):
         masks = masks.bool().cpu()
@@ -161,10 +164,17 @@ def predict_instances(model: PromptableModel, emb: Embeddings, batch: Batch, cfg
                 low, iou = model.decode(emb, b, _to(prompts, device), cfg.multimask)
             prev = select_best(low, iou)[0] if cfg.multimask else low
             prompts = make_prompts(masks, cfg, generator, prev_logits=prev.float().cpu())
-        low, iou = model.decode(emb, b, _to(prompts, device), cfg.multimask)
-        logits.append(model.upscale(low))
-        ious.append(iou)
-        targets.append(masks.to(device))
+        prompts = _to(prompts, device)
+        low, iou = model.decode(emb, b, prompts, cfg.multimask)
+        rounds = [(low, iou)]
+        if cfg.click_rounds:  # corrective clicks, the previous logits as mask prompt
+            rounds += click_rounds(model, emb, b, prompts, low, iou, masks, cfg.click_rounds,
+                                   cfg.multimask)
+            rounds = rounds if cfg.click_loss == "all" else rounds[-1:]
+        for low, iou in rounds:
+            logits.append(model.upscale(low))
+            ious.append(iou)
+            targets.append(masks.to(device))
     if not logits:
         size = batch["images"].shape[-1]
         m = 3 if cfg.multimask else 1
