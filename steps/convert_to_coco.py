@@ -23,7 +23,7 @@ def convert_to_coco(
     cfg = ConvertConfig.model_validate(convert)
     root = Path(tempfile.mkdtemp(prefix="samtune-convert-")) / "coco"
     summary = convert_collection(cases, cfg, root)
-    settings = cfg.model_dump(mode="json", exclude={"workers"})
+    settings = cfg.model_dump(mode="json", exclude={"workers", "spacing_3d"})
     log_metadata(metadata={k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
     return CocoDataset(root=root, fingerprint=fingerprint_of(cases.content_hash(), settings),
                        summary=summary, temporary=True)

@@ -28,11 +28,13 @@ def evaluate_volumes(
     section name; writes predictions/, metrics/, biomarkers.csv and report.html to output_dir."""
     cfg = EvalConfig.model_validate(evaluation)
     uri = str(model.root) if model is not None else cfg.model_uri
-    loaded = load_model(ModelConfig.model_validate(model_config), uri)
+    base_cfg = ModelConfig.model_validate(model_config)
+    loaded = load_model(base_cfg, uri)
+    zero_shot = load_model(base_cfg) if uri and cfg.clicks and cfg.clicks_zero_shot else None
     chosen = split_cases(cases.cases, dataset.root, cfg.split)
     result = evaluate(loaded, chosen, ConvertConfig.model_validate(convert), cfg,
                       Path(output_dir), dataset.categories(),
-                      title=f"samtune evaluation — {loaded.description}")
+                      title=f"samtune evaluation — {loaded.description}", baseline=zero_shot)
     metrics = result.metrics()
     tracking.log_epoch({f"test_{k}": v for k, v in metrics.items()}, step=0)
     for path in result.paths.all():

@@ -40,6 +40,7 @@ class Cell:
     config: dict[str, Any] | None
     error: str | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    score: str = "dice"  # benchmark.score: "dice" or "dice@N"
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "notes": list(self.notes)}
@@ -214,7 +215,7 @@ def expand_matrix(config: Config | dict[str, Any]) -> list[Cell]:
                 out = cfg.output_dir / "benchmark" / "cells" / name
                 built = ((None, ds_error, ()) if ds_error else
                          _cell_config(base, sections, bench.overrides, model, method, out))
-                cells.append(Cell(len(cells), name, m, k, ds_label, *built))
+                cells.append(Cell(len(cells), name, m, k, ds_label, *built, score=bench.score))
     return cells
 
 

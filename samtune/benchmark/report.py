@@ -1,6 +1,7 @@
 """Benchmark records → benchmark.csv, .json and a Markdown comparison, written atomically.
 
-Ranking: cells that ran (status ok) by mean volume Dice, highest first (ties: IoU, then lower
+Ranking: cells that ran (status ok) by their score (benchmark.score: mean volume Dice, or
+Dice after N simulated clicks), then mean volume Dice, highest first (ties: IoU, then lower
 HD95); the first is the best cell (★). Failed cells follow, each with its error. A cell whose Dice
 is None (nothing scored) ranks after the scored ones.
 """
@@ -15,7 +16,8 @@ import pandas as pd
 from samtune.atomic import atomic_write_text
 
 __all__ = ["COLUMNS", "rank", "best_cell", "to_markdown", "write_benchmark"]
-COLUMNS = ("cell", "model", "method", "dataset", "status", "error", "dice", "iou", "hd95_mm",
+COLUMNS = ("cell", "model", "method", "dataset", "status", "error", "score_name", "score",
+           "dice", "iou", "hd95_mm",
            "nsd", "train_seconds", "eval_seconds", "trainable_params", "total_params",
            "peak_memory_mb", "memory_kind", "start_rss_mb", "output_dir")
 MEMORY_NOTE = ("Peak memory: on CUDA, torch.cuda.max_memory_allocated during the cell (reset at "
@@ -24,9 +26,14 @@ MEMORY_NOTE = ("Peak memory: on CUDA, torch.cuda.max_memory_allocated during the
                "the rise over the RSS when the cell began (start_rss_mb).")
 
 
+def _score(r: dict[str, Any]) -> float | None:
+    """The cell's ranking score (benchmark.score; records without one: their Dice)."""
+    return r.get("score", r.get("dice")) if "score_name" in r else r.get("dice")
+
+
 def _key(r: dict[str, Any]) -> tuple:
-    hd95 = r.get("hd95_mm")
-    return (r.get("dice") is None, -(r.get("dice") or 0.0), -(r.get("iou") or 0.0),
+    hd95, score = r.get("hd95_mm"), _score(r)
+    return (score is None, -(score or 0.0), -(r.get("dice") or 0.0), -(r.get("iou") or 0.0),
             float("inf") if hd95 is None else hd95)
 
 
@@ -38,7 +45,7 @@ def rank(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def best_cell(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     """The top-ranked cell that ran and was scored, or None."""
-    ranked = [r for r in rank(records) if r["status"] == "ok" and r.get("dice") is not None]
+    ranked = [r for r in rank(records) if r["status"] == "ok" and _score(r) is not None]
     return ranked[0] if ranked else None
 
 
@@ -73,7 +80,9 @@ def to_markdown(records: Sequence[dict[str, Any]], title: str = "samtune benchma
              f"{len(records)} cells: {len(records) - len(failed)} ran, {len(failed)} failed."]
     if best is not None:
         lines.append(f"Best: ★ **{best['cell']}** ({best['model']}, {best['method']}, "
-                     f"{best['dataset']}): Dice {best['dice']:.4f}.")
+                     f"{best['dataset']}): Dice {_num(best['dice'], 4)}"
+                     + (f", {best['score_name']} {_num(best['score'], 4)}"
+                        if best.get("score_name", "dice") != "dice" else "") + ".")
     lines += ["", "Dice, IoU, HD95, NSD: means over the evaluation split's volumes and classes. "
               "Seconds are wall time in the one pipeline process: the first cell to run also "
               "pays one-time start-up costs (imports, thread pools).",

@@ -83,6 +83,18 @@ def _mean(frame: Any, column: str) -> float | None:
     return None if value != value else round(float(value), 6)  # NaN → None
 
 
+def _score(name: str, dice: float | None, clicks: Any) -> float | None:
+    """The ranking score: mean volume Dice, or for dice@N the mean volume Dice after N
+    simulated clicks of the evaluated model (eval.clicks includes N: the config checks it)."""
+    if name == "dice":
+        return dice
+    n = int(name.split("@")[1])
+    if clicks is None:
+        return None
+    rows = clicks[(clicks["clicks"] == n) & (clicks["model"] == "evaluated")]
+    return _mean(rows, "dice")
+
+
 def run_cell(cell: Cell | dict[str, Any], dataset_dir: Path | None, cases: Sequence[Any],
              classes: dict[int, str], *, fingerprint: str = "") -> dict[str, Any]:
     """Fine-tune and evaluate one cell → its record (status ok|failed, error, mean volume
@@ -97,6 +109,7 @@ def run_cell(cell: Cell | dict[str, Any], dataset_dir: Path | None, cases: Seque
     record: dict[str, Any] = {
         "cell": c.name, "model": c.model, "method": c.method, "dataset": c.dataset,
         "status": "failed", "error": c.error, **{k: None for k in METRICS},
+        "score_name": c.score, "score": None,
         "train_seconds": None, "eval_seconds": None, "trainable_params": None,
         "total_params": None, "peak_memory_mb": None, "memory_kind": None,
         "start_rss_mb": None, "output_dir": None}
@@ -126,6 +139,7 @@ def run_cell(cell: Cell | dict[str, Any], dataset_dir: Path | None, cases: Seque
                                       title=f"samtune benchmark — {c.name}")
             record.update(eval_seconds=round(time.perf_counter() - t0, 3), status="ok",
                           error=None, **{k: _mean(result.volume, k) for k in METRICS})
+            record["score"] = _score(c.score, record["dice"], getattr(result, "clicks", None))
         except Exception as exc:  # noqa: BLE001 — a failed cell is a result; the matrix goes on
             record["error"] = f"{type(exc).__name__}: {exc}"
             out.mkdir(parents=True, exist_ok=True)

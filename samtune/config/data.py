@@ -79,6 +79,16 @@ class ConvertConfig(Section):
     png_compression: int = Field(1, ge=0, le=9)
     workers: int = Field(2, ge=1)
     seed: int = 0
+    spacing_3d: tuple[float, float, float] = Field(
+        (1.5, 1.5, 1.5), description="3D models (SAM-Med3D): the grid, mm, the volumes are "
+        "resampled to for the 3D export (SAM-Med3D's official inference uses 1.5 mm isotropic)")
+
+    @field_validator("spacing_3d")
+    @classmethod
+    def _positive_spacing(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(not s > 0 for s in v):
+            raise ValueError(f"spacing must be > 0 mm, got {list(v)}")
+        return v
 
 
 class SplitConfig(Section):

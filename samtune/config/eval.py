@@ -35,6 +35,20 @@ class EvalConfig(Section):
     slice_metrics: bool = True
     save_predictions: bool = True
     qc_cases: int = Field(3, ge=0, description="worst and best cases in the QC montage")
+    clicks: list[int] = Field(default_factory=lambda: [1, 3, 5, 10], description="report volume "
+                              "Dice after these numbers of simulated corrective clicks "
+                              "(metrics/clicks.csv); [] turns the interactive evaluation off")
+    click_target: float = Field(0.9, gt=0, le=1, description="clicks to reach this Dice, per "
+                                "case (metrics/clicks_to_target.csv)")
+    clicks_zero_shot: bool = Field(True, description="with a trained model: score the untrained "
+                                   "base model's clicks beside it")
+
+    @field_validator("clicks")
+    @classmethod
+    def _click_counts(cls, value: list[int]) -> list[int]:
+        if any(n < 1 for n in value):
+            raise ValueError(f"click counts must be ≥ 1, got {value}")
+        return sorted(set(value))
 
     @field_validator("biomarkers")
     @classmethod
@@ -65,6 +79,14 @@ class BenchmarkConfig(Section):
     overrides: dict[str, Any] = Field(
         default_factory=dict, description="dotted key → value for every cell, e.g. "
         "train.epochs: 2; not the dataset sections (use datasets)")
+    score: str = Field("dice", pattern=r"^dice(@[1-9][0-9]*)?$", description="what ranks the "
+                       "cells: dice (mean volume Dice) or dice@N (mean volume Dice after N "
+                       "simulated clicks; N must be in eval.clicks)")
+
+    @property
+    def score_clicks(self) -> int | None:
+        """N of a dice@N score, else None."""
+        return int(self.score.split("@")[1]) if "@" in self.score else None
 
     @field_validator("overrides")
     @classmethod

@@ -66,6 +66,10 @@ class Config(Section):
                              f"MedSAM and MobileSAM, not '{model.name}' (family {spec.family})")
         if self.convert.img_size is None:
             self.convert.img_size = model.img_size or spec.img_size
+        clicks = self.benchmark.score_clicks
+        if clicks is not None and clicks not in self.eval.clicks:
+            raise ValueError(f"benchmark.score {self.benchmark.score}: eval.clicks "
+                             f"{self.eval.clicks} must include {clicks}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

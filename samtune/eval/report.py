@@ -81,6 +81,7 @@ class ReportPaths:
     slice_csv: Path | None = None
     biomarkers_csv: Path | None = None
     biomarker_summary_csv: Path | None = None
+    clicks_csv: Path | None = None
     written: list[Path] = field(default_factory=list)
 
     def all(self) -> list[Path]:
@@ -159,7 +160,8 @@ def _ordered(frame: pd.DataFrame, lead: Sequence[str]) -> pd.DataFrame:
 def write_report(out_dir: Path, *, volume: pd.DataFrame, slices: pd.DataFrame | None,
                  global_summary: Mapping[str, Any], biomarkers: pd.DataFrame | None,
                  qc_cases: Sequence[QCCase], title: str, context: Mapping[str, Any],
-                 qc_per_side: int = 3) -> ReportPaths:
+                 qc_per_side: int = 3, clicks: pd.DataFrame | None = None,
+                 clicks_reach: pd.DataFrame | None = None) -> ReportPaths:
     """Write the metric tables, biomarker tables and report.html under `out_dir`.
 
     volume: `MetricTable.volume_frame()` (case_id, class, dice, iou, hd95_mm, nsd, cldice,
@@ -168,6 +170,8 @@ def write_report(out_dir: Path, *, volume: pd.DataFrame, slices: pd.DataFrame | 
     biomarker, value_name, pred, gt, abs_error, rel_error, or None; qc_cases: candidates for the
     montage, of which the `qc_per_side` worst and best by Dice are shown; context: model,
     checkpoint, split, prompt mode, … shown in the page and stored in global.json.
+    clicks / clicks_reach: `samtune.eval.click_metrics` frames (Dice after N clicks; clicks to
+    the target Dice), written to metrics/clicks.csv and metrics/clicks_to_target.csv and drawn.
     """
     out_dir = Path(out_dir)
     volume = _ordered(volume, VOLUME_LEAD)
@@ -189,10 +193,18 @@ def write_report(out_dir: Path, *, volume: pd.DataFrame, slices: pd.DataFrame | 
     if has_bio:
         files["biomarkers.csv"] = biomarkers.to_csv(index=False).encode()
         files["biomarkers_summary.csv"] = bio_summary.to_csv(index=False).encode()
+    interactive = ""
+    if clicks is not None:
+        from samtune.eval.report_clicks import clicks_section
+
+        files["metrics/clicks.csv"] = clicks.to_csv(index=False).encode()
+        if clicks_reach is not None:
+            files["metrics/clicks_to_target.csv"] = clicks_reach.to_csv(index=False).encode()
+        interactive = clicks_section(clicks, clicks_reach)
     worst, best = _split_qc(qc_cases, qc_per_side)
     page = render_html(title=title, context=json_safe(context), volume=volume,
                        global_summary=global_summary, biomarker_summary=bio_summary,
-                       biomarkers=biomarkers, worst=worst, best=best)
+                       biomarkers=biomarkers, worst=worst, best=best, sections=[interactive])
     files["report.html"] = page.encode("utf-8")  # last: its presence means the report is whole
 
     written = []
@@ -207,4 +219,5 @@ def write_report(out_dir: Path, *, volume: pd.DataFrame, slices: pd.DataFrame | 
         slice_csv=out_dir / "metrics/slice.csv" if slices is not None else None,
         biomarkers_csv=out_dir / "biomarkers.csv" if has_bio else None,
         biomarker_summary_csv=out_dir / "biomarkers_summary.csv" if has_bio else None,
+        clicks_csv=out_dir / "metrics/clicks.csv" if clicks is not None else None,
         written=written)

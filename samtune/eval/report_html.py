@@ -244,8 +244,10 @@ def case_table(volume: pd.DataFrame) -> str:
 def render_html(*, title: str, context: Mapping[str, Any], volume: pd.DataFrame,
                 global_summary: Mapping[str, Mapping[str, Any]],
                 biomarker_summary: pd.DataFrame | None, biomarkers: pd.DataFrame | None,
-                worst: Sequence[QCCase], best: Sequence[QCCase]) -> str:
-    """The whole report page as one string (every figure is drawn here, in memory)."""
+                worst: Sequence[QCCase], best: Sequence[QCCase],
+                sections: Sequence[str] = ()) -> str:
+    """The whole report page as one string (every figure is drawn here, in memory);
+    `sections`: ready HTML inserted after the distributions (e.g. the interactive one)."""
     t = html.escape(title)
     parts = [f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{t}</title>'
              f"<style>{_STYLE}</style></head><body><h1>{t}</h1>",
@@ -256,6 +258,7 @@ def render_html(*, title: str, context: Mapping[str, Any], volume: pd.DataFrame,
         png = distribution_png(volume, metric)
         if png is not None:
             parts.append(figure(png, f"{METRIC_LABELS[metric]} per class"))
+    parts.extend(s for s in sections if s)
     for label, cases in (("worst", worst), ("best", best)):
         if cases:
             parts.append(f"<h2>QC: {label} cases by Dice</h2>")

@@ -27,8 +27,10 @@ from samtune.data.cases import Case
 from samtune.data.io_formats import write_volume
 from samtune.data.render import SliceGrid
 from samtune.eval.biomarkers import compute_biomarkers
+from samtune.eval.click_metrics import click_rows, clicks_frame, clicks_to_reach_frame
 from samtune.eval.metrics import MetricTable, case_metrics, slice_metrics
 from samtune.eval.report import QCCase, ReportPaths, write_report
+from samtune.inference.click_eval import predict_with_clicks
 from samtune.inference.gt_prompts import gt_instances, predict_with_gt_prompts
 from samtune.inference.model_source import LoadedModel
 from samtune.inference.outputs import prediction_path
@@ -55,6 +57,7 @@ class VolumeEvalResult:
     global_summary: dict[str, Any]
     biomarkers: pd.DataFrame | None
     paths: ReportPaths
+    clicks: pd.DataFrame | None = None  # Dice after N clicks (samtune.eval.click_metrics)
 
     def per_volume_dice(self) -> dict[str, float]:
         """case_id → mean Dice over the classes (the promotion statistic)."""
@@ -129,8 +132,11 @@ def _class_ids(names: Sequence[str] | str, classes: dict[int, str]) -> set[int]:
 
 def evaluate_volumes(loaded: LoadedModel, cases: Sequence[Case], convert_cfg: ConvertConfig,
                      eval_cfg: EvalConfig, out_dir: Path, classes: dict[int, str], *,
-                     title: str = "samtune evaluation") -> VolumeEvalResult:
-    """Evaluate `loaded` on `cases` (labelled) and write the output contract under out_dir."""
+                     title: str = "samtune evaluation",
+                     baseline: LoadedModel | None = None) -> VolumeEvalResult:
+    """Evaluate `loaded` on `cases` (labelled) and write the output contract under out_dir.
+    With eval.clicks, Dice after N simulated clicks too (`samtune.eval.click_metrics`), and
+    for `baseline` (the zero-shot base of a fine-tuned model) beside it."""
     out_dir = Path(out_dir)
     unlabelled = [c.case_id for c in cases if c.label_path is None]
     if unlabelled:
@@ -138,24 +144,22 @@ def evaluate_volumes(loaded: LoadedModel, cases: Sequence[Case], convert_cfg: Co
                          "use the `infer` pipeline for unlabelled volumes")
     if not cases:
         raise ValueError(f"no cases in split '{eval_cfg.split}' to evaluate")
-    predictor = _predictor(loaded, convert_cfg)
+    if getattr(loaded.model, "spatial_dims", 2) == 3:  # SAM-Med3D: its crops, its clicks
+        from samtune.eval.volume_predict3d import Volumes3D
+
+        predict: Any = Volumes3D(loaded, eval_cfg, convert_cfg, classes, baseline)
+    else:
+        predict = _Slices(loaded, eval_cfg, convert_cfg, classes, baseline)
     tol = eval_cfg.nsd_tolerance_mm
     nsd_tol = {k: tol.get(v, 1.0) for k, v in classes.items()} if isinstance(tol, dict) else tol
     cl_ids = _class_ids(eval_cfg.cldice_classes, classes)
-    table, bio_rows, qc = MetricTable(), [], []
+    table, bio_rows, qc, clicks = MetricTable(), [], [], []
     for case in tqdm(cases, desc="evaluate", unit="vol"):
         vol = data_io.load_volume(case)
-        grid = SliceGrid.build(vol, convert_cfg)
-        if max(grid.slice_shape) > convert_cfg.img_size:
-            log.warning("%s: %s slices shrink to convert.img_size %d: structures thinner than "
-                        "a slice-grid pixel can vanish before any model sees them", case.case_id,
-                        "×".join(map(str, grid.slice_shape)), convert_cfg.img_size)
-        axis = grid.transform(0)["original_axis"]  # the source axis the slices cut
-        instances = gt_instances(vol, convert_cfg, list(classes), grid)
-        pred = reassemble(grid, predict_case(predictor, grid, instances, eval_cfg,
-                                             loaded.family))
         gt = np.rint(vol.label).astype(np.int32) if vol.label.dtype.kind == "f" \
             else vol.label.astype(np.int32)
+        pred, axis, case_clicks = predict(vol, gt)
+        clicks += case_clicks
         if eval_cfg.save_predictions:
             write_volume(prediction_path(out_dir, case), pred.astype(np.uint8 if pred.max() < 256
                                                                      else np.int16), vol.affine)
@@ -178,11 +182,50 @@ def evaluate_volumes(loaded: LoadedModel, cases: Sequence[Case], convert_cfg: Co
     context = {"model": loaded.description, "split": eval_cfg.split, "mode": eval_cfg.mode,
                "prompt": eval_cfg.prompt, "cases": len(cases), "img_size": convert_cfg.img_size}
     volume, summary = table.volume_frame(), table.global_summary()
+    clicked = bool(eval_cfg.clicks)
+    click_table = clicks_frame(clicks, eval_cfg.clicks) if clicked else None
     paths = write_report(out_dir, volume=volume,
                          slices=table.slice_frame() if eval_cfg.slice_metrics else None,
                          global_summary=summary, biomarkers=bio, qc_cases=qc,
-                         title=title, context=context, qc_per_side=eval_cfg.qc_cases)
-    return VolumeEvalResult(volume, summary, bio, paths)
+                         title=title, context=context, qc_per_side=eval_cfg.qc_cases,
+                         clicks=click_table,
+                         clicks_reach=(clicks_to_reach_frame(clicks, eval_cfg.click_target)
+                                       if clicked else None))
+    return VolumeEvalResult(volume, summary, bio, paths, click_table)
+
+
+class _Slices:
+    """2D models: a volume's slices on convert's grid, prompted from the ground truth (or
+    propagated), reassembled on the source grid; with eval.clicks, Dice after N clicks per
+    instance of every slice, for the model and the zero-shot `baseline`."""
+
+    def __init__(self, loaded: LoadedModel, eval_cfg: EvalConfig, convert_cfg: ConvertConfig,
+                 classes: dict[int, str], baseline: LoadedModel | None):
+        self.loaded, self.eval_cfg, self.convert_cfg, self.classes = (loaded, eval_cfg,
+                                                                      convert_cfg, classes)
+        self.predictor = _predictor(loaded, convert_cfg)
+        self.clickers = [(self.predictor, "evaluated")] if eval_cfg.clicks else []
+        if eval_cfg.clicks and baseline is not None:
+            self.clickers.append((_predictor(baseline, convert_cfg), "zero-shot"))
+
+    def __call__(self, vol: Any, gt: np.ndarray) -> tuple[np.ndarray, int, list[dict]]:
+        """→ (label volume on the source grid, the source axis the slices cut, click rows)."""
+        cfg, case_id = self.convert_cfg, vol.case.case_id
+        grid = SliceGrid.build(vol, cfg)
+        if max(grid.slice_shape) > cfg.img_size:
+            log.warning("%s: %s slices shrink to convert.img_size %d: structures thinner than "
+                        "a slice-grid pixel can vanish before any model sees them", case_id,
+                        "×".join(map(str, grid.slice_shape)), cfg.img_size)
+        instances = gt_instances(vol, cfg, list(self.classes), grid)
+        pred = reassemble(grid, predict_case(self.predictor, grid, instances, self.eval_cfg,
+                                             self.loaded.family))
+        rows: list[dict] = []
+        for clicker, name in self.clickers:
+            maps = predict_with_clicks(clicker, grid, instances, max(self.eval_cfg.clicks),
+                                       batch_size=self.eval_cfg.batch_size)
+            rows += click_rows(case_id, {n: reassemble(grid, m) for n, m in maps.items()}, gt,
+                               self.classes, name)
+        return pred, grid.transform(0)["original_axis"], rows
 
 
 def _qmap(case: Case) -> np.ndarray | None:

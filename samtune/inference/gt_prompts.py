@@ -5,7 +5,7 @@ slice's one embedding (`predict_with_gt_prompts`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from samtune.data.convert import slice_annotations
 from samtune.data.render import SliceGrid
 from samtune.inference.predictor import SlicePredictor
 from samtune.inference.reassemble import label_slice
+from samtune.models.base import Embeddings
 
 
 @dataclass
@@ -53,14 +54,21 @@ def predict_with_gt_prompts(predictor: SlicePredictor, grid: SliceGrid,
     Prompt jitter (prompt_cfg.bbox_shift) is drawn from a generator seeded with `seed`."""
     generator = torch.Generator().manual_seed(seed)
     predictor = predictor.on(grid)
-    keys = sorted(instances)
     out: dict[int, np.ndarray] = {}
     with torch.inference_mode():
-        for start in range(0, len(keys), batch_size):
-            batch = keys[start:start + batch_size]
-            emb = predictor.encode(grid.images(batch))
-            for b, k in enumerate(batch):
-                inst = instances[k]
-                probs = predictor.decode(emb, b, inst.masks, prompt_cfg, generator)
-                out[k] = label_slice(probs, inst.labels, predictor.slice_size)
+        for emb, b, k in embedded_slices(predictor, grid, sorted(instances), batch_size):
+            inst = instances[k]
+            probs = predictor.decode(emb, b, inst.masks, prompt_cfg, generator)
+            out[k] = label_slice(probs, inst.labels, predictor.slice_size)
     return out
+
+
+def embedded_slices(predictor: SlicePredictor, grid: SliceGrid, keys: Sequence[int],
+                    batch_size: int) -> Iterator[tuple[Embeddings | None, int, int]]:
+    """The canonical slices `keys` encoded `batch_size` at a time → (the batch's embeddings,
+    index b in it, slice key) per slice (embeddings None for the oracle)."""
+    for start in range(0, len(keys), batch_size):
+        batch = list(keys[start:start + batch_size])
+        emb = predictor.encode(grid.images(batch))
+        for b, k in enumerate(batch):
+            yield emb, b, k

@@ -6,6 +6,9 @@ All functions are pure (no module state) and work on the instances of a batch po
     iou_pred N×M      the decoder's IoU predictions
     target   N×S×S    bool ground-truth instance masks
 
+3D models (SAM-Med3D) pass N×M×S×S×S logits and N×S×S×S targets: every function reduces over
+all spatial axes, so the 3D loss is the same MONAI Dice+CE on volumes (upstream's DiceCELoss).
+
 Multimask (M = 3): like SAM's training, the segmentation loss back-propagates only through the
 best-matching candidate (the lowest per-instance segmentation loss), so the three outputs are
 free to specialise on whole/part/sub-part; the IoU head is supervised on all M candidates (each
@@ -49,13 +52,13 @@ def seg_loss_per_mask(logits: torch.Tensor, target: torch.Tensor,
     dice_weight·Dice + pixel_weight·(CE or focal), in float32 (MONAI's DiceCELoss lambda_dice /
     lambda_ce, DiceFocalLoss lambda_focal, FocalLoss gamma / alpha). Dice uses MONAI's smoothing
     (1e-5), so an empty target with an empty prediction costs ~0 Dice loss."""
-    if logits.dim() != 4 or target.dim() != 3 or logits.shape[0] != target.shape[0] \
-            or logits.shape[-2:] != target.shape[-2:]:
-        raise ValueError(f"expected logits N×M×S×S and target N×S×S, got {tuple(logits.shape)} "
-                         f"and {tuple(target.shape)}")
-    n, m, h, w = logits.shape
-    x = logits.float().reshape(n * m, 1, h, w)
-    y = target[:, None].expand(n, m, h, w).reshape(n * m, 1, h, w).to(x.dtype)
+    if logits.dim() not in (4, 5) or target.dim() != logits.dim() - 1 \
+            or logits.shape[0] != target.shape[0] or logits.shape[2:] != target.shape[1:]:
+        raise ValueError(f"expected logits N×M×S×S (×S) and target N×S×S (×S), got "
+                         f"{tuple(logits.shape)} and {tuple(target.shape)}")
+    n, m, spatial = logits.shape[0], logits.shape[1], tuple(logits.shape[2:])
+    x = logits.float().reshape(n * m, 1, *spatial)
+    y = target[:, None].expand(n, m, *spatial).reshape(n * m, 1, *spatial).to(x.dtype)
     dice = DiceLoss(sigmoid=True, reduction="none")(x, y).reshape(n, m)
     if kind == "dice_ce":
         pixel = F.binary_cross_entropy_with_logits(x, y, reduction="none")
@@ -63,16 +66,16 @@ def seg_loss_per_mask(logits: torch.Tensor, target: torch.Tensor,
         pixel = FocalLoss(gamma=focal_gamma, alpha=focal_alpha, reduction="none")(x, y)
     else:
         raise ValueError(f"unknown segmentation loss '{kind}' (dice_ce or dice_focal)")
-    return dice_weight * dice + pixel_weight * pixel.mean(dim=(1, 2, 3)).reshape(n, m)
+    return dice_weight * dice + pixel_weight * pixel.flatten(1).mean(dim=1).reshape(n, m)
 
 
 def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """IoU of the thresholded prediction (logit > 0) with the target: N×M×S×S, N×S×S → N×M.
     Empty prediction and empty target (union 0) count as IoU 1."""
-    pred = logits > 0
-    gt = target[:, None]
-    inter = (pred & gt).sum(dim=(-2, -1)).float()
-    union = (pred | gt).sum(dim=(-2, -1)).float()
+    pred = (logits > 0).flatten(2)
+    gt = target[:, None].flatten(2)
+    inter = (pred & gt).sum(dim=-1).float()
+    union = (pred | gt).sum(dim=-1).float()
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 

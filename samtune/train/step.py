@@ -22,6 +22,7 @@ from samtune.models.prompts import make_prompts, select_best
 from samtune.train.data import collate
 from samtune.train.embedding_cache import encoder_is_frozen
 from samtune.train.interactive import click_rounds
+from samtune.train.prompts3d import make_prompts_3d
 from samtune.train.losses import LossParts, sam_loss
 
 __all__ = ["batch_order", "local_part", "count_batches", "epoch_batches", "make_normalizer",
@@ -158,12 +159,13 @@ def predict_instances(model: PromptableModel, emb: Embeddings, batch: Batch, cfg
         if max_instances is not None and len(masks) > max_instances:
             keep = torch.randperm(len(masks), generator=generator)[:max_instances].sort().values
             masks = masks[keep]
-        prompts = make_prompts(masks, cfg, generator)
+        make = make_prompts_3d if masks.ndim == 4 else make_prompts  # 3D: SAM-Med3D's points
+        prompts = make(masks, cfg, generator)
         if cfg.mask_prompt:  # a first pass without mask input; its logits prompt the second
             with torch.no_grad():
                 low, iou = model.decode(emb, b, _to(prompts, device), cfg.multimask)
             prev = select_best(low, iou)[0] if cfg.multimask else low
-            prompts = make_prompts(masks, cfg, generator, prev_logits=prev.float().cpu())
+            prompts = make(masks, cfg, generator, prev_logits=prev.float().cpu())
         prompts = _to(prompts, device)
         low, iou = model.decode(emb, b, prompts, cfg.multimask)
         rounds = [(low, iou)]
@@ -176,10 +178,10 @@ def predict_instances(model: PromptableModel, emb: Embeddings, batch: Batch, cfg
             ious.append(iou)
             targets.append(masks.to(device))
     if not logits:
-        size = batch["images"].shape[-1]
+        spatial = tuple(batch["images"].shape[2:])  # S×S, or S×S×S for a 3D model's crops
         m = 3 if cfg.multimask else 1
-        return (torch.zeros(0, m, size, size, device=device), torch.zeros(0, m, device=device),
-                torch.zeros(0, size, size, dtype=torch.bool, device=device))
+        return (torch.zeros(0, m, *spatial, device=device), torch.zeros(0, m, device=device),
+                torch.zeros(0, *spatial, dtype=torch.bool, device=device))
     return torch.cat(logits), torch.cat(ious), torch.cat(targets)
 
 
@@ -213,16 +215,17 @@ def batch_loss(model: PromptableModel, batch: Batch, cfg: TrainConfig,
 # ------------------------------------------------------------------------------ validation
 def dice_per_instance(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """N×S×S logits (> 0 is foreground) vs N×S×S bool → N Dice values; both empty → 1."""
-    pred = logits > 0
-    inter = (pred & target).sum(dim=(-2, -1)).float()
-    total = (pred.sum(dim=(-2, -1)) + target.sum(dim=(-2, -1))).float()
+    pred, target = (logits > 0).flatten(1), target.flatten(1)  # 2D or 3D instances
+    inter = (pred & target).sum(dim=-1).float()
+    total = (pred.sum(dim=-1) + target.sum(dim=-1)).float()
     return torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
 
 
 def validate(model: PromptableModel, data: Dataset | Iterable[Batch], cfg: TrainConfig,
              norm: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> float:
     """Mean Dice over every instance of `data` with tight ground-truth box prompts (no jitter,
-    no points; the best of M by predicted IoU when multimask). Slices without instances do not
+    no points; the best of M by predicted IoU when multimask; 3D models: one click at each
+    instance's centre). Slices without instances do not
     count (they have nothing to prompt). NaN when `data` has no instance."""
     total, count = validate_sums(model, data, cfg, norm, device)
     return total / count if count else float("nan")
@@ -234,6 +237,8 @@ def validate_sums(model: PromptableModel, data: Dataset | Iterable[Batch], cfg: 
                   device: torch.device) -> tuple[float, int]:
     """(sum of the instances' Dice, instances) of `validate`: shards of the val data add up."""
     box_only = PromptConfig(box=True, bbox_shift=0, multimask=cfg.prompts.multimask)
+    if getattr(model, "spatial_dims", 2) == 3:  # points only: one click at each centre
+        box_only = PromptConfig(box=False, center_point=True, multimask=cfg.prompts.multimask)
     generator = torch.Generator().manual_seed(0)  # boxes without jitter draw nothing random
     was_training = model.training
     model.eval()

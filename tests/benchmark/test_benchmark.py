@@ -216,3 +216,26 @@ def test_peak_memory_sees_a_transient_allocation(monkeypatch: pytest.MonkeyPatch
         block.close()
     assert memory.peak_mb - memory.start_rss_mb > 48
     assert memory.kind.startswith("process")
+
+
+def test_dice_at_n_clicks_ranks_the_cells_and_is_checked_against_eval_clicks() -> None:
+    from samtune.benchmark.runner import _score
+
+    clicks = pd.DataFrame({"case_id": ["a", "a", "a"], "class": ["x"] * 3,
+                           "model": ["evaluated", "evaluated", "zero-shot"],
+                           "clicks": [1, 3, 3], "dice": [0.5, 0.8, 0.1]})
+    assert _score("dice@3", 0.7, clicks) == 0.8 and _score("dice", 0.7, clicks) == 0.7
+    base = {"status": "ok", "score_name": "dice@3", "iou": 0.5, "hd95_mm": 1.0, "nsd": 0.5,
+            "model": "m", "method": "full", "dataset": "d", "error": None, "train_seconds": 1.0,
+            "eval_seconds": 1.0, "trainable_params": 1, "total_params": 2, "peak_memory_mb": 1.0,
+            "memory_kind": "rss", "start_rss_mb": 1.0}
+    records = [{**base, "cell": "one_shot_better", "dice": 0.9, "score": 0.6},
+               {**base, "cell": "clicks_better", "dice": 0.7, "score": 0.95}]
+    assert [r["cell"] for r in rank(records)] == ["clicks_better", "one_shot_better"]
+    assert best_cell(records)["cell"] == "clicks_better"
+    assert "dice@3 0.9500" in to_markdown(records)
+    assert load_config("demo", ["benchmark.score=dice@3"]).benchmark.score_clicks == 3
+    with pytest.raises(ConfigError, match="must include 7"):
+        load_config("demo", ["benchmark.score=dice@7"])
+    with pytest.raises(ConfigError, match="pattern"):
+        load_config("demo", ["benchmark.score=hd95"])
