@@ -16,6 +16,8 @@ from samtune.models.bundle import ModelBundle
 
 
 def _input_example(dataset: SplitDataset) -> dict[str, Any]:
+    if (dataset.root / "volumes3d").is_dir():  # a 3D model: a small volume and one point
+        return _volume_example(dataset.root)
     split = dataset.root / "test"
     coco = json.loads((split / "annotations.json").read_text())
     ann = coco["annotations"][0]
@@ -23,6 +25,21 @@ def _input_example(dataset: SplitDataset) -> dict[str, Any]:
     image = np.asarray(Image.open(split / "images" / record["file_name"]).convert("RGB"))
     x, y, w, h = ann["bbox"]
     return {"image": image, "boxes": [[x, y, x + w, y + h]]}
+
+
+def _volume_example(root: Path) -> dict[str, Any]:
+    """24³ voxels of the first labelled exported case around a foreground voxel."""
+    from samtune.data.export3d import load_index, read_case3d
+
+    index = load_index(root)
+    for case_id in sorted(index["cases"]):
+        image, label, _ = read_case3d(root, case_id, index)
+        if label is not None and label.any():
+            centre = np.argwhere(label > 0)[0]
+            lo = np.clip(centre - 12, 0, None)
+            sub = image[lo[0]:lo[0] + 24, lo[1]:lo[1] + 24, lo[2]:lo[2] + 24]
+            return {"volume": sub, "points": [(centre - lo).tolist()], "point_labels": [1]}
+    raise ValueError(f"{root}: no labelled 3D case for the model's input example")
 
 
 @step(enable_cache=False)

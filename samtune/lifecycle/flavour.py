@@ -5,7 +5,8 @@ Input — a dict (one image) or a pandas DataFrame (one image per row) with colu
     image   H×W×3 (or H×W) uint8 as a nested list or array, or the path of a PNG file
     boxes   list of [x0, y0, x1, y1] in pixels of that image (the training prompts' convention)
 Output — a list of H×W uint8 masks (0/1), one per box, in row order then box order (so for one
-image: one mask per box). A row without boxes adds nothing.
+image: one mask per box). A row without boxes adds nothing. 3D models (SAM-Med3D) take a
+`volume` and `points` instead: `samtune.lifecycle.flavour3d`.
 
 Pre- and post-processing are the model family's official ones (`samtune.models.preprocess`, as
 evaluation uses them: SAM's longest-side resize and padding after normalisation, MedSAM's
@@ -25,6 +26,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from samtune.lifecycle.flavour3d import is_3d_input, rows_3d, segment_points_3d
+
 log = logging.getLogger(__name__)
 
 
@@ -35,7 +38,8 @@ def input_signature(signature: Any) -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types.schema import AnyType, Array, ColSpec, Schema
 
-    wide = {"image": AnyType(), "boxes": Array(AnyType())}
+    wide = {"image": AnyType(), "boxes": Array(AnyType()), "volume": AnyType(),
+            "points": Array(AnyType()), "point_labels": Array(AnyType())}
     cols = [ColSpec(wide[spec.name], spec.name, required=spec.required)
             if spec.name in wide else spec for spec in signature.inputs.inputs]
     return ModelSignature(inputs=Schema(cols), outputs=None)
@@ -135,6 +139,8 @@ class SamtuneSegmenter(mlflow.pyfunc.PythonModel):
         """Masks H×W uint8 (0/1), one per box, in row then box order (module docstring); a
         dict is read as one row when called directly."""
         masks: list[np.ndarray] = []
+        if is_3d_input(model_input):  # SAM-Med3D: a volume and points (flavour3d)
+            return [segment_points_3d(self.model, *row) for row in rows_3d(model_input)]
         for image, boxes in _rows(model_input):
             masks.extend(segment_boxes(self.model, read_image(image), _as_boxes(boxes),
                                        self.stats))

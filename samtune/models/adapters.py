@@ -20,13 +20,14 @@ Encoder targets (in image_encoder):
 | encoder_qkv  | blocks.N.attn.qkv      | layers.N.blocks.N.attn.qkv    | trunk.… .attn.qkv  |
 | encoder_proj | blocks.N.attn.proj     | layers.N.blocks.N.attn.proj   | trunk.… .attn.proj |
 | encoder_mlp  | blocks.N.mlp.lin1/lin2 | layers.N.blocks.N.mlp.fc1/fc2 | trunk.… .mlp.layers.N |
-(trunk.… = trunk.blocks.N)
+(trunk.… = trunk.blocks.N; sam_med3d, medim's 3D ViT: the names of the sam column)
 
 Decoder targets (in mask_decoder; SAM2 names it sam_mask_decoder), the same in every family
 except decoder_mlp:
 - decoder_attention: transformer.layers.N.{self_attn, cross_attn_token_to_image,
   cross_attn_image_to_token}.{q,k,v,out}_proj and transformer.final_attn_token_to_image.*_proj
-- decoder_mlp: transformer.layers.N.mlp.lin1/lin2 (sam, mobile_sam); …mlp.layers.N (sam2)
+- decoder_mlp: transformer.layers.N.mlp.lin1/lin2 (sam, mobile_sam, sam_med3d);
+  …mlp.layers.N (sam2)
 - decoder_hypernetwork: output_hypernetworks_mlps.N.layers.N
 - decoder_iou_head: iou_prediction_head.layers.N
 Hiera's stage-transition `blocks.N.proj` and SAM2's `pred_obj_score_head` are never targeted.
@@ -64,6 +65,10 @@ TARGET_PATTERNS: dict[str, dict[str, str]] = {
             "encoder_mlp": _VIT + r"mlp\.lin[12]", **_DECODER},
     "mobile_sam": {"encoder_qkv": _TINYVIT + r"attn\.qkv", "encoder_proj": _TINYVIT + r"attn\.proj",
                    "encoder_mlp": _TINYVIT + r"mlp\.fc[12]", **_DECODER},
+    # SAM-Med3D (medim): Block3D attn.qkv/proj and MLPBlock lin1/lin2; TwoWayTransformer3D's
+    # DownscaleAttention q/k/v/out_proj and MLPBlock lin1/lin2: SAM's names in 3D.
+    "sam_med3d": {"encoder_qkv": _VIT + r"attn\.qkv", "encoder_proj": _VIT + r"attn\.proj",
+                  "encoder_mlp": _VIT + r"mlp\.lin[12]", **_DECODER},
     "sam2": {"encoder_qkv": _HIERA + r"attn\.qkv", "encoder_proj": _HIERA + r"attn\.proj",
              "encoder_mlp": _HIERA + r"mlp\.layers\.\d+", **_DECODER,
              "decoder_mlp": r"transformer\.layers\.\d+\.mlp\.layers\.\d+"},

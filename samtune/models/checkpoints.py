@@ -1,19 +1,24 @@
 """Read official and samtune checkpoints safely, adapt them to the model's image size, download.
 
 Files are always read with `torch.load(..., map_location="cpu", weights_only=True)`: a file that
-holds pickled objects is refused, never executed. A folder is read as a Hugging Face SamModel
-(`samtune.models.hf_checkpoints`). Accepted layouts: the bare state dict (SAM,
-MedSAM, MobileSAM), `{"model": …}` (SAM2, SAM2.1, MedSAM2, samtune's training state),
-`{"state_dict": …}`, and `module.` / `_orig_mod.` key prefixes (DDP, torch.compile).
+holds pickled objects is refused, never executed; the one class allowed besides tensors and
+containers is `argparse.Namespace` (it only sets attributes), which SAM-Med3D's train.py pickles
+as `args`. A folder is read as a Hugging Face SamModel (`samtune.models.hf_checkpoints`).
+Accepted layouts: the bare state dict (SAM, MedSAM, MobileSAM), `{"model": …}` (SAM2, SAM2.1,
+MedSAM2, samtune's training state), `{"model_state_dict": …}` (SAM-Med3D, beside its optimizer
+state), `{"state_dict": …}`, and `module.` / `_orig_mod.` key prefixes (DDP, torch.compile).
 
 Image size: SAM's absolute position embedding (`image_encoder.pos_embed`, 1×H×W×C) is resized
 bicubically and the relative position tables of global-attention blocks (`rel_pos_h/w`,
 (2H−1)×C) linearly along their length, as segment-anything's `get_rel_pos` does at run time.
 SAM2 needs nothing: Hiera interpolates its position embedding at run time, and no other SAM2
 tensor depends on the image size. MobileSAM's attention biases are per window, also unchanged.
+SAM-Med3D: its 1×D×H×W×C `pos_embed` is resized trilinearly and `rel_pos_d/h/w` linearly, as
+medim's `get_rel_pos` does at run time.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import logging
 import pickle
@@ -36,7 +41,10 @@ from samtune.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
-WRAPPER_KEYS = ("model", "state_dict", "module")
+WRAPPER_KEYS = ("model", "model_state_dict", "state_dict", "module")
+# Classes the weights-only unpickler may rebuild besides tensors and containers: they only
+# set attributes, never run code (SAM-Med3D's checkpoints hold train.py's argparse `args`).
+SAFE_GLOBALS = [argparse.Namespace]
 KEY_PREFIXES = ("module.", "_orig_mod.", "model.")
 MAX_LISTED = 10
 
@@ -79,7 +87,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         detail = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         what = f" ({detail.group(1)})" if detail else ""
@@ -125,7 +134,12 @@ def adapt_to_image_size(state: dict[str, torch.Tensor], model: nn.Module) -> lis
             # 1×H×W×C → bicubic on the H×W grid
             resized = F.interpolate(value.permute(0, 3, 1, 2).float(), size=tuple(want.shape[1:3]),
                                     mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
-        elif key.endswith(("rel_pos_h", "rel_pos_w")) and value.ndim == 2 \
+        elif key.endswith("pos_embed") and value.ndim == 5 and value.shape[-1] == want.shape[-1]:
+            # SAM-Med3D's 1×D×H×W×C → trilinear on the D×H×W grid
+            resized = F.interpolate(value.permute(0, 4, 1, 2, 3).float(),
+                                    size=tuple(want.shape[1:4]), mode="trilinear",
+                                    align_corners=False).permute(0, 2, 3, 4, 1)
+        elif key.endswith(("rel_pos_d", "rel_pos_h", "rel_pos_w")) and value.ndim == 2 \
                 and value.shape[1] == want.shape[1]:
             # (2H−1)×C → linear along the table length, as segment-anything's get_rel_pos
             resized = F.interpolate(value.float().T[None], size=want.shape[0], mode="linear")[0].T

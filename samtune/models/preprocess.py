@@ -39,8 +39,8 @@ IMAGENET_STD_01 = (0.229, 0.224, 0.225)
 class Preprocessing:
     """One family's input/output rules (see the module docstring)."""
 
-    name: Literal["sam", "medsam", "sam2", "medsam2"]
-    resize: Literal["longest", "square"]
+    name: Literal["sam", "medsam", "sam2", "medsam2", "sam_med3d"]
+    resize: Literal["longest", "square", "crop"]
     intensity: str
     postprocess: str
     reference: str
@@ -60,6 +60,11 @@ PREPROCESSING: dict[str, Preprocessing] = {
                           "bilinear to HxW, logit>0", "sam2.SAM2ImagePredictor"),
     "medsam2": Preprocessing("medsam2", "square", "PIL bicubic resize, ImageNet mean/std on 0-1",
                              "bilinear to HxW, logit>0", "MedSAM2 medsam2_infer_3D_CT.py"),
+    # 3D crops: SamMed3DWrapper.normalize does the intensity step; the slice functions below
+    # do not apply to it.
+    "sam_med3d": Preprocessing("sam_med3d", "crop", "torchio ZNormalization over voxels > 0",
+                               "trilinear to the crop, sigmoid>0.5",
+                               "SAM-Med3D utils/infer_utils.py"),
 }
 
 

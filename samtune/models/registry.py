@@ -20,6 +20,7 @@ from torch.overrides import TorchFunctionMode
 from samtune.config import ModelConfig
 from samtune.models import hq_sam as hq
 from samtune.models import sam2 as s2
+from samtune.models import sam_med3d as m3
 from samtune.models.base import PromptableModel
 from samtune.models.oracle import build_oracle
 
@@ -188,6 +189,18 @@ MODELS: dict[str, ModelSpec] = {
     "sam2_tiny": _spec("sam2", s2.build_sam2_tiny, None, None,
                        "tiny SAM2.1 Hiera (random weights) for CPU tests and demos",
                        img_size=256),
+    # SAM-Med3D (uni-medical/SAM-Med3D, Wang et al. 2023): medim's 3D ViT-B/16 on 128³ crops;
+    # the original file is on Google Drive only (link in the repository's README history).
+    "sam_med3d": _spec("sam_med3d", m3.build_sam_med3d, "sam_med3d.pth", None,
+                       "SAM-Med3D ViT-B 3D, uni-medical/SAM-Med3D original release (Google "
+                       "Drive; no direct URL)", img_size=128, preprocess="sam_med3d"),
+    "sam_med3d_turbo": _spec("sam_med3d", m3.build_sam_med3d, "sam_med3d_turbo.pth",
+                             m3.HF_URL + "sam_med3d_turbo.pth", "SAM-Med3D-turbo: SAM-Med3D "
+                             "fine-tuned on 44 datasets; uni-medical/SAM-Med3D on Hugging Face "
+                             "(blueyo0/SAM-Med3D)", img_size=128, preprocess="sam_med3d"),
+    "sam_med3d_tiny": _spec("sam_med3d", m3.build_sam_med3d_tiny, None, None,
+                            "tiny SAM-Med3D (random weights) for CPU tests on 32³ crops",
+                            img_size=32, preprocess="sam_med3d"),
     "oracle": _spec("oracle", build_oracle, None, None,
                     "ground truth as the answer to every prompt: checks geometry + metrics",
                     img_size=256),
@@ -270,3 +283,12 @@ def list_models() -> list[dict[str, object]]:
              "preprocess": f"{spec.preprocess}: {get_preprocessing(spec.preprocess).describe()}",
              "checkpoint": spec.checkpoint, "sha256": spec.sha256, "url": spec.url,
              "description": spec.description} for name, spec in MODELS.items()]
+
+
+VOLUMETRIC_FAMILIES = ("sam_med3d",)  # models on 3D crops: the 3D export, crops, 3D inference
+
+
+def is_volumetric(name: str) -> bool:
+    """Whether zoo entry `name` is a 3D model (SAM-Med3D): pipelines then use the 3D export,
+    3D crops in training and 3D inference; every other model sees 2D slices."""
+    return get_spec(name).family in VOLUMETRIC_FAMILIES

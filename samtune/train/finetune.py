@@ -45,21 +45,14 @@ def train_on_export(dataset_dir: Path, model_cfg: ModelConfig, train_cfg: TrainC
     model = apply_method(build_model(model_cfg), model_cfg)
     params = parameter_report(model)
     log.info("trainable parameters: %s of %s", f"{params['trainable']:,}", f"{params['total']:,}")
-    train_set, val_set = load_training_data(dataset_dir, model.img_size, train_cfg.normalization,
-                                            model, train_cfg.augment, train_cfg.seed)
-    normalization = train_set.normalization
-    cache_root = Path(train_cfg.cache_dir)
-    augmented = train_cfg.augment.enabled
-    if augmented and train_cfg.embedding_cache:
-        log.info("embedding cache off for the train split: augmentation changes every image")
-    train_data = cache_embeddings(train_set, model, cache_root,
-                                  enabled=train_cfg.embedding_cache and not augmented)
-    val_data = (cache_embeddings(val_set, model, cache_root, enabled=train_cfg.embedding_cache)
-                if val_set is not None else None)
+    if getattr(model, "spatial_dims", 2) == 3:  # SAM-Med3D: crops of the 3D export
+        train_data, val_data = _crop_data(dataset_dir, model, train_cfg)
+        normalization, monitor = None, callback
+    else:
+        train_data, val_data, normalization, qc_set = _slice_data(dataset_dir, model, train_cfg)
+        monitor = qc_during_training(model, qc_set, train_cfg.qc_every, out_dir / "qc", callback)
     result = train(model, train_data, val_data, train_cfg, out_dir / "checkpoints",
-                   callback=qc_during_training(model, val_set or train_set, train_cfg.qc_every,
-                                               out_dir / "qc", callback),
-                   run_config={"model": model_cfg.model_dump(mode="json")})
+                   callback=monitor, run_config={"model": model_cfg.model_dump(mode="json")})
     if result.stopped == "nan":
         raise TrainingError(result.message)
     best = result.best_checkpoint or result.last_checkpoint
@@ -82,6 +75,35 @@ def train_on_export(dataset_dir: Path, model_cfg: ModelConfig, train_cfg: TrainC
             "exports": {k: Path(v).name for k, v in files.items()}}
     (out_dir / "model.json").write_text(json.dumps(info, indent=1, default=str))
     return ModelBundle(root=out_dir, fingerprint=file_sha256(files["full"]), summary=summary)
+
+
+def _slice_data(dataset_dir: Path, model: Any, cfg: TrainConfig) -> tuple[Any, Any, Any, Any]:
+    """2D: the export's slices (train, val with the embedding cache where it applies), their
+    normalisation statistics, and the slices the QC overlays are drawn from."""
+    train_set, val_set = load_training_data(dataset_dir, model.img_size, cfg.normalization,
+                                            model, cfg.augment, cfg.seed)
+    cache_root = Path(cfg.cache_dir)
+    augmented = cfg.augment.enabled
+    if augmented and cfg.embedding_cache:
+        log.info("embedding cache off for the train split: augmentation changes every image")
+    train_data = cache_embeddings(train_set, model, cache_root,
+                                  enabled=cfg.embedding_cache and not augmented)
+    val_data = (cache_embeddings(val_set, model, cache_root, enabled=cfg.embedding_cache)
+                if val_set is not None else None)
+    return train_data, val_data, train_set.normalization, val_set or train_set
+
+
+def _crop_data(dataset_dir: Path, model: Any, cfg: TrainConfig) -> tuple[Any, Any]:
+    """3D: crops of model.img_size³ from `dataset_dir/volumes3d` (samtune.train.data3d), the
+    model's own per-crop normalisation. No embedding cache: every epoch draws new crops."""
+    from samtune.train.data3d import load_crop_data
+
+    if cfg.embedding_cache:
+        log.info("embedding cache not used for a 3D model: each epoch draws new crops")
+    if cfg.prompts.box:
+        log.info("SAM-Med3D embeds points only: train.prompts.box is met by a first positive "
+                 "click at a random foreground voxel (upstream's training click)")
+    return load_crop_data(Path(dataset_dir) / "volumes3d", model.img_size, cfg.augment, cfg.seed)
 
 
 def qc_during_training(model: Any, dataset: Dataset, every: int, qc_dir: Path,

@@ -29,12 +29,17 @@ SAM2_UPSTREAM = {
 OFFICIAL = [n for n, s in MODELS.items() if s.checkpoint]
 
 
+MED3D_UPSTREAM = ("sam_med3d", "sam_med3d_turbo")  # medim's build_sam3D_vit_b_ori
 HQ_UPSTREAM = {"hq_sam_vit_b": "vit_b", "hq_sam_vit_l": "vit_l", "hq_sam_vit_h": "vit_h",
                "hq_sam_vit_tiny": "vit_tiny"}
 
 
 def upstream_model(name: str) -> torch.nn.Module:
     """The model the upstream package's own builder makes for `name` (on the current device)."""
+    if name in MED3D_UPSTREAM:
+        from medim.models.sam_med3d import build_sam3D_vit_b_ori
+
+        return build_sam3D_vit_b_ori()
     if name in HQ_UPSTREAM:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -63,7 +68,7 @@ def shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
 
 def test_every_official_entry_has_an_upstream_reference() -> None:
     assert sorted(OFFICIAL) == sorted([*SAM_UPSTREAM, "mobile_sam", *SAM2_UPSTREAM,
-                                       *HQ_UPSTREAM])
+                                       *HQ_UPSTREAM, *MED3D_UPSTREAM])
     assert {"sam_tiny", "sam2_tiny"} <= set(MODELS)
 
 

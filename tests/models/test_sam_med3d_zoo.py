@@ -1,0 +1,60 @@
+"""SAM-Med3D in the zoo: the official key layout (medim's builder, the upstream architecture),
+a real save + load in the official file layout, upstream's crop normalisation, and decoding."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from samtune.config import ModelConfig
+from samtune.models.base import Prompts
+from samtune.models.checkpoints import load_checkpoint
+from samtune.models.registry import build_architecture, build_model, is_volumetric
+
+
+@pytest.mark.parametrize("name", ["sam_med3d", "sam_med3d_turbo"])
+def test_key_layout_equals_the_upstream_builder(name: str) -> None:
+    from medim.models.sam_med3d import build_sam3D_vit_b_ori
+
+    with torch.device("meta"):
+        upstream = build_sam3D_vit_b_ori().state_dict()
+    ours = build_architecture(name, meta=True).state_dict()
+    assert ours.keys() == upstream.keys()
+    assert all(ours[k].shape == upstream[k].shape for k in ours)
+    assert is_volumetric(name) and not is_volumetric("sam_tiny")
+
+
+def test_official_file_layout_round_trip_and_mis_shaped_key(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="sam_med3d_tiny"))
+    path = tmp_path / "sam_med3d_tiny.pth"
+    torch.save({"model_state_dict": model.state_dict(), "epoch": 3}, path)
+    fresh = build_model(ModelConfig(name="sam_med3d_tiny"))
+    load_checkpoint(fresh, path)
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in model.state_dict().items())
+    bad = dict(model.state_dict())
+    key = next(k for k in bad if k.startswith("mask_decoder") and bad[k].ndim == 2)
+    bad[key] = torch.zeros(3, 3)
+    torch.save({"model_state_dict": bad}, path)
+    with pytest.raises(Exception, match=key.split(".")[-2]):
+        load_checkpoint(fresh, path)
+
+
+def test_normalisation_equals_torchio_and_decoding_shapes() -> None:
+    import torchio as tio
+
+    model = build_model(ModelConfig(name="sam_med3d_tiny")).eval()
+    crop = torch.rand(1, 1, 32, 32, 32) * 100
+    crop[..., :8] = 0  # background (x ≤ 0) left out of the statistics
+    expected = tio.ZNormalization(masking_method=lambda x: x > 0)(crop[0])
+    assert torch.allclose(model.normalize(crop)[0], expected, atol=1e-5)
+    with torch.no_grad():
+        emb = model.encode(model.normalize(crop))
+        prompts = Prompts(points=torch.tensor([[[16.0, 16.0, 16.0]]]),
+                          point_labels=torch.tensor([[1]]))
+        low, iou = model.decode(emb, 0, prompts)
+    assert low.shape == (1, 1, 8, 8, 8) and iou.shape == (1, 1)
+    assert model.upscale(low).shape == (1, 1, 32, 32, 32)
+    with pytest.raises(ValueError, match="box"):
+        model.decode(emb, 0, Prompts(boxes=torch.zeros(1, 6)))
