@@ -58,3 +58,18 @@ def test_normalisation_equals_torchio_and_decoding_shapes() -> None:
     assert model.upscale(low).shape == (1, 1, 32, 32, 32)
     with pytest.raises(ValueError, match="box"):
         model.decode(emb, 0, Prompts(boxes=torch.zeros(1, 6)))
+
+
+def test_three_clicks_equal_upstreams_interactive_loop() -> None:
+    """medim's modules driven as SAM-Med3D's sam_model_infer drives them (zeros as the first
+    mask prompt, previous low-res logits after) vs samtune's wrapper: the same masks."""
+    from samtune.inference.fidelity3d import compare_sam_med3d
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="sam_med3d_tiny")).eval()
+    crop = torch.rand(32, 32, 32) * 200
+    crop[..., :6] = 0
+    points = torch.tensor([[16.0, 16.0, 16.0], [8.0, 20.0, 12.0], [24.0, 10.0, 20.0]])
+    result = compare_sam_med3d(model, crop, points, torch.tensor([1, 0, 1]))
+    assert len(result.clicks) == 3
+    assert all(c.iou == 1.0 and c.max_logit_diff < 1e-5 for c in result.clicks)
