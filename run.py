@@ -209,6 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         _dry_run(cfg, args.pipeline)
         return 0
+    from samtune.cli.preflight import unwritable_folders
+
+    unwritable = unwritable_folders(cfg, args.pipeline, REPO)
+    if unwritable:  # before ZenML or the stack is touched: a config problem, exit 2
+        log.error("run stopped before any step:\n  %s", "\n  ".join(unwritable))
+        return 2
     failed = args.download is not None and _download(args.download, cfg)
     missing = _missing_checkpoint(cfg, args.pipeline)
     if missing:  # before ZenML or the stack is touched

@@ -15,6 +15,8 @@ from typing import Any
 from zenml.io import fileio
 from zenml.materializers.base_materializer import BaseMaterializer
 
+from samtune.data.storage import StorageFullError, is_storage_full, tree_bytes
+
 
 def _is_local(uri: str) -> bool:
     return "://" not in uri
@@ -39,6 +41,22 @@ class FolderDatasetMaterializer(BaseMaterializer):
     SKIP_REGISTRATION = True  # abstract: registered through its subclasses
 
     def save(self, data: Any) -> None:
+        try:
+            self._save(data)
+        except OSError as exc:  # disk full: say where and how much, keep no partial artifact
+            if not is_storage_full(exc):
+                raise
+            needed = tree_bytes(data.root)
+            if _is_local(self.uri):
+                shutil.rmtree(self.uri, ignore_errors=True)
+            elif fileio.exists(self.uri):
+                fileio.rmtree(self.uri)
+            if getattr(data, "temporary", False):
+                shutil.rmtree(data.root, ignore_errors=True)
+            raise StorageFullError(self.uri, f"storing {type(data).__name__} ({data.root}) in "
+                                   "the ZenML artifact store (under stack.home)", needed) from None
+
+    def _save(self, data: Any) -> None:
         dst = os.path.join(self.uri, "data")
         if _is_local(self.uri):
             _link_tree(Path(data.root), Path(dst))

@@ -1,6 +1,7 @@
 """Slice the validated volumes into a COCO dataset (PNG + RLE masks, geometry per image)."""
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,7 +23,11 @@ def convert_to_coco(
     """Convert in a scratch folder; the materializer stores it (hard links) and removes it."""
     cfg = ConvertConfig.model_validate(convert)
     root = Path(tempfile.mkdtemp(prefix="samtune-convert-")) / "coco"
-    summary = convert_collection(cases, cfg, root)
+    try:  # a failed conversion (a StorageFullError too) leaves no scratch folder behind
+        summary = convert_collection(cases, cfg, root)
+    except BaseException:
+        shutil.rmtree(root.parent, ignore_errors=True)
+        raise
     settings = cfg.model_dump(mode="json", exclude={"workers", "spacing_3d"})
     log_metadata(metadata={k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
     return CocoDataset(root=root, fingerprint=fingerprint_of(cases.content_hash(), settings),

@@ -3,6 +3,8 @@
 """
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -31,6 +33,10 @@ class DataConfig(Section):
     labels: dict[int, str] = Field(default_factory=dict, description="value → name overrides")
     manifest: Path | None = Field(None, description="CSV layout: manifest file (root/manifest.csv)")
     include_unlabelled: bool = Field(False, description="keep inference-only cases in ingest")
+    maps: dict[str, str] = Field(default_factory=dict, description=(
+        "quantitative maps (T2, T1rho …) co-registered with the images: name → path pattern "
+        "relative to data.root with a <case> placeholder, e.g. {t2: maps/<case>_t2.nii.gz}; "
+        "a case whose map file is missing is skipped (samtune.data.maps)"))
     phantoms: PhantomConfig | None = None
 
     @field_validator("layout")
@@ -42,6 +48,19 @@ class DataConfig(Section):
 
         if v not in LAYOUTS:
             raise ValueError(f"unknown layout '{v}'; valid layouts: {', '.join(sorted(LAYOUTS))}")
+        return v
+
+    @field_validator("maps")
+    @classmethod
+    def _map_patterns(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, pattern in v.items():
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
+                raise ValueError(f"map name '{name}': use letters, digits and _ (it names the "
+                                 "biomarker columns)")
+            norm = os.path.normpath(pattern.replace("\\", "/"))
+            if "<case>" not in pattern or os.path.isabs(pattern) or norm.split("/")[0] == "..":
+                raise ValueError(f"map '{name}': pattern '{pattern}' must be a path relative to "
+                                 "data.root containing <case>, e.g. maps/<case>_t2.nii.gz")
         return v
 
     @field_validator("labels")

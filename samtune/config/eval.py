@@ -103,7 +103,9 @@ class InferConfig(Section):
     section) on new volumes → label volumes, overlay PNGs and inference.json under output_dir."""
 
     input: Path | None = Field(None, description="a folder of volumes (.nii, .nii.gz, .nrrd, "
-                               ".mha; not recursive); None: the cases of the data section")
+                               ".mha; not recursive), a picture (.png, .jpg) or a folder of "
+                               "pictures (samtune.inference.pictures); None: the cases of the "
+                               "data section")
     cases: Literal["unlabelled", "all"] = Field(
         "unlabelled", description="data-section input: its unlabelled cases (ASOCA Testset_*), "
         "or all (labels ignored)")
@@ -125,6 +127,8 @@ class InferConfig(Section):
     automatic_label: int = Field(1, ge=1, description="automatic: label of the kept masks' union")
     batch_size: int = Field(8, ge=1, description="automatic: slices per encoder call")
     overlays: int = Field(3, ge=0, description="overlay PNGs per case")
+    overlay_opacity: float = Field(0.5, ge=0, le=1, description="pictures: opacity of the "
+                                   "classes' colours over the picture in the overlay PNG")
 
     @model_validator(mode="after")
     def _prompts_need_a_file(self) -> "InferConfig":

@@ -50,6 +50,8 @@ def _format(err: ValidationError, source: str) -> str:
             lines.append(f"  {dotted}: unknown key{hint}")
         elif not loc:  # a root validator's message names its own keys
             lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
+        elif e["msg"].removeprefix("Value error, ").startswith(f"{dotted}."):  # names its key
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"  {dotted}: {e['msg']}")
     return "\n".join(lines)

@@ -64,6 +64,9 @@ class Config(Section):
                                             or model.name.startswith("hq_")):
             raise ValueError(f"train.export onnx: segment-anything's ONNX layout covers SAM, "
                              f"MedSAM and MobileSAM, not '{model.name}' (family {spec.family})")
+        if spec.family == "sam_med3d" and self.infer.mode == "automatic":
+            raise ValueError(f"infer.mode automatic: {model.name} (SAM-Med3D) has no automatic "
+                             f"mask generator; use infer.mode prompts (one click per row)")
         if self.convert.img_size is None:
             self.convert.img_size = model.img_size or spec.img_size
         clicks = self.benchmark.score_clicks

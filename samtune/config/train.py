@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from samtune.config.base import Section
 
@@ -82,7 +82,14 @@ class TrainConfig(Section):
                                       "weight; None: unweighted (MONAI's default)")
     amp: Literal["none", "bf16", "fp16"] = "none"
     grad_clip: float | None = Field(1.0, gt=0)
-    grad_checkpointing: bool = False
+    grad_checkpointing: bool = Field(False, description="recompute each image-encoder block "
+                                     "in the backward pass (less memory, ~30% more compute)")
+    attention: Literal["sdpa", "eager"] = Field(
+        "sdpa", description="sdpa: segment-anything attention through torch's "
+        "scaled_dot_product_attention (fused kernels, same result); eager: upstream's "
+        "explicit softmax (samtune.models.fast_attention)")
+    compile: bool = Field(False, description="torch.compile the image encoder for the run "
+                          "(in place: checkpoint keys unchanged); compiling costs minutes")
     val_every: int = Field(1, ge=1)
     patience: int | None = Field(None, ge=1, description="early stopping, in validations")
     min_delta: float = Field(0.0, ge=0)
@@ -105,3 +112,27 @@ class TrainConfig(Section):
     prompts: PromptConfig = Field(default_factory=PromptConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+
+    @field_validator("optimizer", "scheduler")
+    @classmethod
+    def _known_name(cls, v: str | None, info: ValidationInfo) -> str | None:
+        from samtune.train.optim import _lookup, optimizer_names, scheduler_names  # torch: lazily
+
+        if v is not None:
+            names = optimizer_names() if info.field_name == "optimizer" else scheduler_names()
+            _lookup(v, names, info.field_name)
+        return v
+
+    @field_validator("optimizer_kwargs", "scheduler_kwargs")
+    @classmethod
+    def _torch_accepts(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """Dry-run the optimizer (and scheduler) on a dummy parameter (samtune.train.optim_check):
+        a value torch would refuse fails here, naming its key, not inside training."""
+        from samtune.train.optim_check import check_optimizer, check_scheduler
+
+        d = info.data
+        if info.field_name == "optimizer_kwargs" and "optimizer" in d:
+            check_optimizer(d["optimizer"], v)
+        elif d.get("scheduler") and "optimizer" in d and "optimizer_kwargs" in d:
+            check_scheduler(d["scheduler"], v, d["optimizer"], d["optimizer_kwargs"])
+        return v

@@ -67,9 +67,17 @@ class Case:
         return cls(**d)
 
     @property
+    def maps(self) -> dict[str, str]:
+        """Quantitative map name → file (`meta["maps"]`, set by ingest from data.maps; a legacy
+        `meta["qmap"]` path is the map named "qmap"). Empty when the case has none."""
+        legacy = {"qmap": self.meta["qmap"]} if self.meta.get("qmap") else {}
+        return {**legacy, **self.meta.get("maps", {})}
+
+    @property
     def files(self) -> list[str]:
-        """Every file this case reads (images, then label)."""
-        return list(self.image_paths) + ([self.label_path] if self.label_path else [])
+        """Every file this case reads (images, then label, then its maps by name)."""
+        return (list(self.image_paths) + ([self.label_path] if self.label_path else [])
+                + [path for _, path in sorted(self.maps.items())])
 
 
 @dataclass

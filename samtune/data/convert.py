@@ -38,6 +38,7 @@ from samtune.data.cases import Case, CaseCollection, DataError, Volume
 from samtune.data.intensity import compute_stats, resolve_window
 from samtune.data.render import SliceGrid
 from samtune.data.slicing import CANONICAL_AXIS, nearest_indices, occupied, to_canonical, view_stack
+from samtune.data.storage import StorageFullError, is_storage_full, tree_bytes
 
 __all__ = ["convert_collection", "convert_volume", "compute_stats", "slice_annotations",
            "write_png"]
@@ -53,7 +54,8 @@ def convert_collection(collection: CaseCollection, cfg: ConvertConfig, out_dir: 
     """Write the COCO folder `out_dir` (images/ + annotations.json) for every case; returns counts.
 
     Raises DataError naming the file when a case cannot be loaded or converted (no output is
-    left, an existing `out_dir` stays as it was), ValueError for an unknown window preset.
+    left, an existing `out_dir` stays as it was), StorageFullError (a DataError: the folder, the
+    space needed, estimated, and free) when the disk fills, ValueError for an unknown window.
     """
     out_dir = Path(out_dir)
     resolve_window(cfg)
@@ -73,11 +75,27 @@ def convert_collection(collection: CaseCollection, cfg: ConvertConfig, out_dir: 
             out_dir.rename(old / out_dir.name)
         tmp.rename(out_dir)
         shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
+        full = is_storage_full(exc) and _storage_full(tmp, len(collection.cases))
         shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise full from None
         raise
     logger.info("converted to %s: %s", out_dir, summary)
     return summary
+
+
+def _storage_full(tmp: Path, n_cases: int) -> StorageFullError:
+    """The disk under `tmp` filled: the estimate is what the finished cases wrote (PNGs and
+    records), scaled to every case and doubled for annotations.json; a lower bound when no case
+    had finished."""
+    done = len(list((tmp / ".parts").glob("*.json"))) if (tmp / ".parts").is_dir() else 0
+    written = tree_bytes(tmp)
+    needed = written * 2 if not done else int(written / done * n_cases * 1.1) + tree_bytes(
+        tmp / ".parts") // done * n_cases
+    return StorageFullError(tmp.parent, f"converting {n_cases} cases to COCO slices in the "
+                            f"scratch folder {tmp.name} ({done} of {n_cases} cases done)",
+                            needed, at_least=not done)
 
 
 def _run(cases: list[Case], cfg: ConvertConfig, classes: list[int], tmp: Path) -> list[dict]:

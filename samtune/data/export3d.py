@@ -5,8 +5,8 @@
     <root>/volumes3d/labels/<case_id>.nii.gz   integer label map on the same grid (nearest);
                                                absent (index "label": null) for unlabelled cases
     <root>/volumes3d/index.json                {"version", "spacing", "classes" (if given),
-                                               "cases": {case_id: {"split", "image", "label",
-                                               "shape", "affine", "source_shape",
+                                               "cases": {case_id: {"split", "modality", "image",
+                                               "label", "shape", "affine", "source_shape",
                                                "source_affine", "source_path",
                                                "source_label_path"}}}
 
@@ -62,7 +62,7 @@ def _export_case(case: Case, split: str, tmp: Path, spacing: tuple[float, ...]) 
         label_rel = f"labels/{case.case_id}.nii.gz"
         write_volume(tmp / label_rel, grid.label.astype(_label_dtype(grid.label)), grid.affine)
     log.debug("%s: %s → %s at %s mm", case.case_id, volume.shape, grid.shape, spacing)
-    return {"split": split, "image": image_rel, "label": label_rel,
+    return {"split": split, "modality": case.modality, "image": image_rel, "label": label_rel,
             "shape": list(grid.shape), "affine": np.asarray(grid.affine).tolist(),
             "source_shape": list(volume.shape), "source_affine": volume.affine.tolist(),
             "source_path": case.image_paths[0], "source_label_path": case.label_path}

@@ -1,4 +1,5 @@
-"""Reading and writing volumes: NIfTI (nibabel), NRRD (pynrrd), MHA/MHD (SimpleITK), 2D pictures.
+"""Reading and writing volumes: NIfTI (nibabel), NRRD (pynrrd), MHA/MHD (SimpleITK), 2D pictures;
+DICOM series are read only (`samtune.data.io_dicom`, slices sorted along their normal).
 
 Every reader returns the array indexed (i, j, k) and a 4×4 affine voxel → world mm in RAS+.
 NRRD and MHA store LPS; they are converted on read (negate the first two affine rows) and back on
@@ -16,11 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from samtune.data.cases import Case, Volume, VolumeReadError
+from samtune.data.io_checks import check_geometry, check_scalar
+from samtune.data.io_coco import rasterize_coco
+from samtune.data.io_dicom import read_dicom_series
 from samtune.data.io_formats import (
     PICTURE_FORMATS,
     RawImage,
     read_raw,
-    rasterize_coco,
     write_volume,
 )
 
@@ -37,9 +40,11 @@ def read_image(path: str | Path) -> tuple[np.ndarray, np.ndarray, str]:
     axis, MHA with several components, NIfTI RGB24) comes back components-last, I×J×K×C; a plain
     4D volume (time series) comes back I×J×K×T. `load_volume` turns components into channels.
     affine: 4×4 voxel index → world mm, RAS+. format: "nifti" | "nrrd" | "mha" | "png".
-    Raises VolumeReadError naming the file for unknown, unreadable or corrupt files.
+    Raises VolumeReadError naming the file for unknown, unreadable or corrupt files, and for
+    a singular affine or a zero/negative NIfTI spacing (`samtune.data.io_checks`).
     """
     raw = read_raw(path)
+    check_geometry(raw)
     return raw.array, raw.affine, raw.format
 
 
@@ -112,17 +117,24 @@ def load_volume(case: Case, *, require_3d: bool = True) -> Volume:
     A trailing singleton 4th axis is dropped. With `require_3d`, a 2D image from a volume format
     (a single slice, I×J or I×J×1) or a 4D volume raises VolumeReadError (pictures are 2D by
     nature and always accepted). `case.meta["channels_in_4th_axis"]` (set by the nnU-Net layout
-    for Decathlon multi-modal 4D files) reads the 4th axis as channels.
+    for Decathlon multi-modal 4D files) reads the 4th axis as channels. A case with
+    `case.meta["dicom_series_uid"]` (layout `dicom`) is one DICOM series: all its `image_paths`
+    are the slices of one channel (`samtune.data.io_dicom`). Files are checked by
+    `samtune.data.io_checks`: geometry always; a CT/MR image file must hold scalar voxels.
     """
     if not case.image_paths:
         raise VolumeReadError(case.case_id, "case has no image files")
     channels: list[np.ndarray] = []
     affine = None
     fmt = "nifti"
-    for p in case.image_paths:
-        raw = read_raw(p)
+    series = bool(case.meta.get("dicom_series_uid"))  # all files: the slices of one channel
+    for p in [case.image_paths] if series else case.image_paths:
+        raw = read_dicom_series(p) if series else read_raw(p)
+        check_geometry(raw)
         if case.meta.get("channels_in_4th_axis"):
             raw = _channels_in_4th_axis(raw)
+        elif not series:  # a CT/MR file must hold scalar voxels (io_checks)
+            check_scalar(raw, case.modality)
         comps = _spatial(raw, "image", require_3d)
         if channels and comps[0].shape != channels[0].shape:
             raise VolumeReadError(
@@ -141,6 +153,7 @@ def load_volume(case: Case, *, require_3d: bool = True) -> Volume:
             label_affine = affine.copy()
         else:
             raw = read_raw(case.label_path, as_label=True)
+            check_geometry(raw)
             comps = _spatial(raw, "label", require_3d)
             if len(comps) != 1:
                 raise VolumeReadError(case.label_path,

@@ -5,8 +5,6 @@ converted on read and back on write; pictures follow SimpleITK (i = column, j = 
 """
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import os
 import uuid
@@ -19,7 +17,7 @@ from samtune.data.cases import VolumeReadError
 
 logger = logging.getLogger(__name__)
 
-EXTENSIONS = {".nii": "nifti", ".nii.gz": "nifti", ".nrrd": "nrrd", ".nhdr": "nrrd",
+EXTENSIONS = {".nii": "nifti", ".nii.gz": "nifti", ".nrrd": "nrrd", ".nhdr": "nrrd", ".npz": "npz",
               ".mha": "mha", ".mhd": "mha", ".png": "png", ".jpg": "png", ".jpeg": "png"}
 VOLUME_EXTENSIONS = tuple(e for e, f in EXTENSIONS.items() if f != "png")
 PICTURE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -155,7 +153,7 @@ def _read_picture(path: str, as_label: bool) -> RawImage:
 def read_raw(path: str | Path, *, as_label: bool = False) -> RawImage:
     """Read any supported file; every failure becomes a VolumeReadError naming the file.
 
-    `as_label` only matters for pictures: palette indices/grey values are kept as class ids.
+    `as_label`: pictures keep palette indices/grey values as class ids; a MedSAM .npz gives `gts`.
     """
     path = str(path)
     ext = extension(path)
@@ -173,6 +171,9 @@ def read_raw(path: str | Path, *, as_label: bool = False) -> RawImage:
             raw = _read_nrrd(path)
         elif fmt == "mha":
             raw = _read_mha(path)
+        elif fmt == "npz":  # MedSAM/MedSAM2 imgs/gts; io_npz imports this module, hence late
+            from samtune.data.io_npz import read_npz
+            raw = read_npz(path, as_label)
         else:
             raw = _read_picture(path, as_label)
     except (VolumeReadError, MemoryError):
@@ -240,57 +241,3 @@ def write_volume(path: str | Path, array: np.ndarray, affine: np.ndarray) -> Pat
     finally:
         tmp.unlink(missing_ok=True)
     return path
-
-
-@functools.lru_cache(maxsize=2)
-def _coco_index(path: str, mtime_ns: int, size: int) -> tuple[dict, dict, int]:
-    """image id → image record, image id → its annotations (file order), max category id.
-
-    Cached on (path, mtime, size): parsing a large annotation file once per picture is slow.
-    """
-    try:
-        data = json.loads(Path(path).read_text())
-        images = {im["id"]: im for im in data["images"]}
-        anns: dict = {i: [] for i in images}
-        for a in data["annotations"]:
-            anns[a["image_id"]].append(a)
-        max_cat = max((int(a["category_id"]) for a in data["annotations"]), default=0)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise VolumeReadError(path, f"malformed COCO annotation file ({type(exc).__name__}: "
-                                    f"{exc})") from None
-    return images, anns, max_cat
-
-
-def rasterize_coco(path: str | Path, image_id: int, size: tuple[int, int]) -> np.ndarray:
-    """I×J×1 label map of category ids for one COCO image (pycocotools, as COCO.annToMask).
-
-    size: (I, J) = (width, height) of the picture. Later annotations overwrite earlier ones;
-    annotations without a segmentation (bounding boxes only) are left out.
-    """
-    from pycocotools import mask as mask_utils
-
-    path = str(path)
-    st = os.stat(path)
-    images, anns, max_cat = _coco_index(path, st.st_mtime_ns, st.st_size)
-    if image_id not in images:
-        raise VolumeReadError(path, f"image id {image_id} is not in this annotation file")
-    h, w = int(images[image_id]["height"]), int(images[image_id]["width"])
-    if (w, h) != tuple(size):
-        raise VolumeReadError(path, f"image {image_id}: annotated size {w}×{h} differs from the "
-                                    f"picture's {size[0]}×{size[1]}")
-    label = np.zeros((h, w), np.uint8 if max_cat <= 255 else np.int32)
-    for a in anns[image_id]:
-        segm = a.get("segmentation")
-        if isinstance(segm, list):
-            polys = [p for p in segm if len(p) >= 6]
-            if not polys:
-                continue
-            rle = mask_utils.merge(mask_utils.frPyObjects(polys, h, w))
-        elif isinstance(segm, dict) and isinstance(segm.get("counts"), list):
-            rle = mask_utils.frPyObjects(segm, h, w)
-        elif isinstance(segm, dict):
-            rle = segm
-        else:
-            continue
-        label[mask_utils.decode(rle) > 0] = int(a["category_id"])
-    return np.ascontiguousarray(label.T)[:, :, None]

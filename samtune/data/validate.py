@@ -22,6 +22,7 @@ import pandas as pd
 from samtune.config import ValidateConfig
 from samtune.data.cases import Case, CaseCollection, DataError, Volume
 from samtune.data.io import load_volume
+from samtune.data.maps import map_facts
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +98,10 @@ def case_facts(volume: Volume) -> dict[str, Any]:
     return facts
 
 
-def _case_row(case: Case, allowed: frozenset[int]) -> dict[str, Any]:
+def _case_row(case: Case, allowed: frozenset[int], tolerance_mm: float) -> dict[str, Any]:
     """Facts of one case, or a row with `read_error` when it cannot be read (runs in workers)."""
     try:
-        row = case_facts(load_volume(case))
+        row = case_facts(volume := load_volume(case))
     except DataError as exc:
         log.warning("case %s: cannot be read: %s", case.case_id, exc)
         return {"case_id": case.case_id, "patient_id": case.patient_id, "group": case.group,
@@ -109,6 +110,7 @@ def _case_row(case: Case, allowed: frozenset[int]) -> dict[str, Any]:
     values = row["label_values"] or []
     row["undeclared_label_values"] = [v for v in values if v not in allowed]
     row["n_undeclared_label_values"] = len(row["undeclared_label_values"])
+    row.update(map_facts(volume, tolerance_mm))  # data.maps against the image
     return row
 
 
@@ -116,19 +118,19 @@ def collect_facts(collection: CaseCollection, cfg: ValidateConfig,
                   workers: int = 1) -> pd.DataFrame:
     """One row of facts per case (see `case_facts`), in collection order.
 
-    Adds `undeclared_label_values`: values outside `cfg.label_values` (when set, else 0 plus the
-    collection's label keys), and their number `n_undeclared_label_values`. Unreadable
-    cases get `read_error` set and null facts. `workers` > 1 reads cases in a process pool.
+    Adds `undeclared_label_values` (outside `cfg.label_values` when set, else 0 and the label
+    keys), their number `n_undeclared_label_values`, and `map_problems` (samtune.data.maps) and
+    theirs. Unreadable cases get `read_error`, null facts. `workers` > 1: a process pool.
     """
     declared = {0, *collection.labels} if cfg.label_values is None else cfg.label_values
-    allowed = frozenset(int(v) for v in declared)
+    allowed, tol = frozenset(int(v) for v in declared), cfg.affine_tolerance_mm
     cases = list(collection.cases)
     if workers > 1 and len(cases) > 1:
         ctx = multiprocessing.get_context("spawn")  # no fork of a parent holding threads
         with ProcessPoolExecutor(min(workers, len(cases)), mp_context=ctx) as pool:
-            rows = list(pool.map(_case_row, cases, repeat(allowed)))
+            rows = list(pool.map(_case_row, cases, repeat(allowed), repeat(tol)))
     else:
-        rows = [_case_row(c, allowed) for c in cases]
+        rows = [_case_row(c, allowed, tol) for c in cases]
     facts = pd.DataFrame(rows)
     log.info("collected facts for %d cases (%d unreadable)", len(facts),
              int(facts["read_error"].notna().sum()) if len(facts) else 0)
@@ -162,11 +164,9 @@ def _plain(value: Any) -> Any:
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, np.ndarray)):
         return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return None if value is pd.NA or value is pd.NaT else value
+    value = value.item() if isinstance(value, np.generic) else value
+    nan = isinstance(value, float) and not math.isfinite(value)
+    return None if nan or value is pd.NA or value is pd.NaT else value
 
 
 def _checks(cfg: ValidateConfig, gxe: Any, col: Any) -> list[tuple[Any, Callable[..., str]]]:
@@ -219,15 +219,17 @@ def _checks(cfg: ValidateConfig, gxe: Any, col: Any) -> list[tuple[Any, Callable
         (gxe.ExpectColumnValuesToBeBetween(column="label_affine_max_diff_mm",
                                            max_value=cfg.affine_tolerance_mm,
                                            row_condition=labelled),
-         lambda r, c: f"label affine differs from image affine by "
-                      f"{r['label_affine_max_diff_mm']:g} mm (tolerance "
-                      f"{c.affine_tolerance_mm:g} mm)"),
+         lambda r, c: f"label affine differs from image affine by {r['label_affine_max_diff_mm']:g}"
+                      f" mm (tolerance {c.affine_tolerance_mm:g} mm)"),
+        (gxe.ExpectColumnValuesToBeBetween(column="n_map_problems", max_value=0, row_condition=ok),
+         lambda r, c: "; ".join(r["map_problems"])),
     ]
 
 
 _GE_OBJECT = ["case_id", "read_error", "modality", "label_is_integer", "label_shape_matches"]
 _GE_NUMERIC = ["nan_count", "inf_count", "spacing_i", "spacing_j", "spacing_k", "p0_5", "p99_5",
-               "n_undeclared_label_values", "foreground_voxels", "label_affine_max_diff_mm"]
+               "n_undeclared_label_values", "foreground_voxels", "label_affine_max_diff_mm",
+               "n_map_problems"]
 
 
 def run_expectations(facts: pd.DataFrame, cfg: ValidateConfig) -> ValidationResult:
@@ -262,7 +264,6 @@ def run_expectations(facts: pd.DataFrame, cfg: ValidateConfig) -> ValidationResu
     batch = batch_def.get_batch(batch_parameters={"dataframe": table})
     outcome = batch.validate(suite, result_format={
         "result_format": "COMPLETE", "unexpected_index_column_names": ["case_id"]})
-
     rows = {cid: facts.iloc[n] for n, cid in enumerate(ids)}
     failed: dict[str, list[str]] = {}
     summary = []

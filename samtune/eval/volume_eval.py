@@ -26,7 +26,8 @@ from samtune.data import io as data_io
 from samtune.data.cases import Case
 from samtune.data.io_formats import write_volume
 from samtune.data.render import SliceGrid
-from samtune.eval.biomarkers import compute_biomarkers
+from samtune.data.maps import read_maps
+from samtune.eval.biomarkers.maps import compute_map_biomarkers, needs_map
 from samtune.eval.click_metrics import click_rows, clicks_frame, clicks_to_reach_frame
 from samtune.eval.metrics import MetricTable, case_metrics, slice_metrics
 from samtune.eval.report import QCCase, ReportPaths, write_report
@@ -169,10 +170,10 @@ def evaluate_volumes(loaded: LoadedModel, cases: Sequence[Case], convert_cfg: Co
         if eval_cfg.slice_metrics:
             table.add_slices(case.case_id, slice_metrics(pred, gt, vol.spacing, classes,
                                                          axis=axis, nsd_tolerance_mm=nsd_tol))
-        qmap = _qmap(case) if eval_cfg.biomarkers else None
+        maps = read_maps(vol) if needs_map(eval_cfg.biomarkers) else {}  # qmap_* per map
         for cid, name in classes.items() if eval_cfg.biomarkers else ():
-            for r in compute_biomarkers(pred == cid, gt == cid, vol.spacing, eval_cfg.biomarkers,
-                                        qmap=qmap):
+            for r in compute_map_biomarkers(pred == cid, gt == cid, vol.spacing,
+                                            eval_cfg.biomarkers, maps, where=case.case_id):
                 bio_rows.append({"case_id": case.case_id, "class": name, **r})
         dice = float(np.mean([r["dice"] for r in rows]))
         qc.append(QCCase.from_volumes(case.case_id, dice, vol.image[0], gt, pred, axis=axis))
@@ -226,12 +227,3 @@ class _Slices:
             rows += click_rows(case_id, {n: reassemble(grid, m) for n, m in maps.items()}, gt,
                                self.classes, name)
         return pred, grid.transform(0)["original_axis"], rows
-
-
-def _qmap(case: Case) -> np.ndarray | None:
-    """The co-registered quantitative map of a case (`meta["qmap"]`: a volume path), if any."""
-    path = case.meta.get("qmap")
-    if not path:
-        return None
-    array, _affine, _format = data_io.read_image(path)  # VolumeReadError names the file
-    return np.asarray(array, dtype=np.float32)

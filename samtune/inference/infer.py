@@ -17,6 +17,7 @@ Modes (`infer.mode`):
   volume along the prompt's axis (SAM2 family: sam2's video predictor; others: box to box,
   `infer.propagate_margin`); the key slices' results are united on the source grid, the first
   key slice in file order winning where two disagree. Cases the file does not name are skipped.
+  A 3D model (SAM-Med3D) clicks each row's box centre instead (`samtune.inference.infer3d`).
 - automatic: segment-anything's automatic mask generator on every slice along convert.axis
   (samtune.inference.automatic); the union of the kept masks is label `infer.automatic_label`.
 
@@ -44,6 +45,7 @@ from samtune.data.cases import Case, DataError
 from samtune.data.layouts.common import by_stem, list_volumes
 from samtune.data.render import SliceGrid
 from samtune.inference.automatic import predict_automatic
+from samtune.inference.infer3d import predict_prompts_3d
 from samtune.inference.model_source import LoadedModel
 from samtune.inference.outputs import (
     label_stats,
@@ -63,7 +65,8 @@ from samtune.inference.prompts_file import (
 from samtune.inference.propagate import propagate_boxes, propagate_video
 from samtune.inference.reassemble import reassemble
 
-__all__ = ["InferenceError", "find_inputs", "output_path", "check_prompts", "infer_volumes"]
+__all__ = ["InferenceError", "find_inputs", "output_path", "check_prompts", "infer_volumes",
+           "finish_summary"]
 log = logging.getLogger(__name__)
 
 
@@ -163,7 +166,10 @@ def _predict_case(predictor: SlicePredictor, case: Case, convert_cfg: ConvertCon
                   ) -> dict[str, Any]:
     vol = data_io.load_volume(case)
     grid = SliceGrid.build(vol, convert_cfg)
-    if infer_cfg.mode == "prompts":
+    if family == "sam_med3d":  # a 3D model: one click per row, in its own crop
+        pred, n_slices = predict_prompts_3d(predictor.model, vol, rows, predictor.device)
+        expected = {p.label for p in rows}
+    elif infer_cfg.mode == "prompts":
         pred, n_slices = _predict_prompts(predictor, grid, rows, family,
                                           infer_cfg.propagate_margin)
         expected = {p.label for p in rows}
@@ -178,8 +184,9 @@ def _predict_case(predictor: SlicePredictor, case: Case, convert_cfg: ConvertCon
     stats = label_stats(pred, vol.affine, expected)
     log.info("%s: %s → %s", case.case_id, ", ".join(f"label {k} {v:.3f} mL" for k, v in
                                                    stats["volume_ml"].items()), path)
+    counted = "crops_predicted" if family == "sam_med3d" else "slices_predicted"
     return {"source": case.image_paths[0], "path": str(path), "mode": infer_cfg.mode,
-            "slices_predicted": int(n_slices), **stats,
+            counted: int(n_slices), **stats,
             "overlays": [str(p) for p in overlays]}
 
 
@@ -191,6 +198,9 @@ def infer_volumes(loaded: LoadedModel, cases: Sequence[Case], convert_cfg: Conve
     if loaded.family == "oracle":
         raise ValueError("the oracle model answers from ground truth; it cannot infer on "
                          "unlabelled volumes (choose a model or eval.model_uri)")
+    if loaded.family == "sam_med3d" and infer_cfg.mode != "prompts":
+        raise ValueError("infer.mode automatic: SAM-Med3D has no automatic mask generator; "
+                         "use infer.mode prompts (a click per prompts-file row)")
     rows: dict[str, list[BoxPrompt]] = {}
     results: dict[str, dict[str, Any]] = {}
     todo = list(cases)
@@ -220,10 +230,18 @@ def infer_volumes(loaded: LoadedModel, cases: Sequence[Case], convert_cfg: Conve
                "done": sum("path" in r for r in results.values()), "failed": len(errors),
                "skipped": sum("skipped" in r for r in results.values()),
                "cases": dict(sorted(results.items()))}
+    return finish_summary(out_dir, summary, results, "case")
+
+
+def finish_summary(out_dir: Path, summary: dict[str, Any], results: dict[str, dict[str, Any]],
+                   noun: str) -> dict[str, Any]:
+    """Write `summary` (with "done", "failed", "skipped") to out_dir/inference.json; → it, or
+    InferenceError when every `noun` (case, picture) failed."""
     json_path = write_json(out_dir / "inference.json", summary)
+    errors = [k for k, r in results.items() if "error" in r]
     if errors and summary["done"] == 0:
-        raise InferenceError(json_path, f"every case failed ({len(errors)}); first: "
+        raise InferenceError(json_path, f"every {noun} failed ({len(errors)}); first: "
                                         f"{results[errors[0]]['error']}")
-    log.info("inference: %d done, %d failed, %d skipped → %s", summary["done"], len(errors),
-             summary["skipped"], json_path)
+    log.info("inference: %d %ss done, %d failed, %d skipped → %s", summary["done"], noun,
+             len(errors), summary["skipped"], json_path)
     return summary

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -116,9 +116,10 @@ def _parse_row(raw: Any, path: Path, row: int) -> BoxPrompt:
                      (a0, b0, a1, b1), row)
 
 
-def read_prompts(path: str | Path) -> list[BoxPrompt]:
-    """Parse a prompts file (.json or .csv, format in the module docstring); PromptsFileError
-    naming the file and row for anything malformed."""
+def prompt_rows(path: str | Path, csv_rows: Callable[[Path], list[dict[str, Any]]]
+                ) -> list[dict[str, Any]]:
+    """The raw rows of a prompts file: a JSON list (or {"prompts": [...]}), or `csv_rows(path)`
+    for a .csv; PromptsFileError naming the file for a missing, malformed or empty one."""
     path = Path(path)
     if not path.is_file():
         raise PromptsFileError(path, "prompts file not found (infer.prompts_file)")
@@ -131,20 +132,31 @@ def read_prompts(path: str | Path) -> list[BoxPrompt]:
         if not isinstance(rows, list):
             raise PromptsFileError(path, "expected a list of prompts (or {\"prompts\": [...]})")
     elif path.suffix.lower() == ".csv":
-        from samtune.data.layouts.common import read_table
-
-        try:
-            table = read_table(path, CSV_COLUMNS)
-        except DataError as exc:
-            raise PromptsFileError(path, exc.problem) from None
-        rows = [{**{k: r[k] for k in CSV_COLUMNS[:4]},
-                 "box": [r["a0"], r["b0"], r["a1"], r["b1"]]} for r in table]
+        rows = csv_rows(path)
     else:
         raise PromptsFileError(path, f"unknown prompts file type '{path.suffix}'; use .json or "
                                      ".csv")
     if not rows:
         raise PromptsFileError(path, "no prompts in the file")
-    return [_parse_row(r, path, n) for n, r in enumerate(rows, start=1)]
+    return rows
+
+
+def _csv_box_rows(path: Path) -> list[dict[str, Any]]:
+    from samtune.data.layouts.common import read_table
+
+    try:
+        table = read_table(path, CSV_COLUMNS)
+    except DataError as exc:
+        raise PromptsFileError(path, exc.problem) from None
+    return [{**{k: r[k] for k in CSV_COLUMNS[:4]}, "box": [r["a0"], r["b0"], r["a1"], r["b1"]]}
+            for r in table]
+
+
+def read_prompts(path: str | Path) -> list[BoxPrompt]:
+    """Parse a prompts file (.json or .csv, format in the module docstring); PromptsFileError
+    naming the file and row for anything malformed."""
+    rows = prompt_rows(path, _csv_box_rows)
+    return [_parse_row(r, Path(path), n) for n, r in enumerate(rows, start=1)]
 
 
 def check_prompt(p: BoxPrompt, shape: Sequence[int], path: str | Path, source: str) -> None:

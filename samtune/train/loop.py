@@ -46,6 +46,7 @@ from samtune.train import ddp
 from samtune.train import state as ckpt
 from samtune.train.bookkeeping import all_finite, epoch_metrics, fresh_run, zero_sums
 from samtune.train.optim import LRSchedule, build_optimizer, build_scheduler
+from samtune.train.speedups import apply_speedups
 from samtune.train.step import (batch_loss, count_batches, epoch_batches, make_normalizer,
                                 validate_sums)
 
@@ -110,8 +111,7 @@ def _train(model: PromptableModel, train_data: Dataset | Iterable[dict[str, Any]
 
     # -- model, optimizer, schedule, scaler
     model.to(device).train()
-    if cfg.grad_checkpointing and hasattr(model, "set_grad_checkpointing"):
-        model.set_grad_checkpointing(True)
+    undo_speedups = apply_speedups(model, cfg)  # attention, grad checkpointing, compile
     optimizer = build_optimizer(model.parameters(), cfg.optimizer, cfg.optimizer_kwargs)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     n_batches = count_batches(train_data, cfg.batch_size * ctx.world_size)  # global batches
@@ -275,6 +275,7 @@ def _train(model: PromptableModel, train_data: Dataset | Iterable[dict[str, Any]
                 stopped, message = "max_steps", f"reached max_steps {cfg.max_steps}"
     finally:
         torch.use_deterministic_algorithms(deterministic, warn_only=True)
+        undo_speedups()
 
     ddp.barrier(ctx)  # rank 0's checkpoints are written before any rank returns their paths
     best_dice = run["best_metric"] if math.isfinite(run["best_metric"]) else None

@@ -192,3 +192,12 @@ def test_onnx_export_is_refused_at_config_time_where_the_layout_does_not_exist()
     assert cfg.train.export == ["onnx"]
     with pytest.raises(Exception, match="ONNX layout covers SAM"):
         load_config("demo", ["train.export=[onnx]", "model.name=sam2_tiny"])
+
+
+def test_ich_3d_is_sam_med3d_turbo_with_lora_and_corrective_clicks() -> None:
+    cfg = load_config("ich_3d")
+    assert cfg.model.name == "sam_med3d_turbo" and cfg.model.method == "lora"
+    assert cfg.model.checkpoint == Path("sam_med3d_turbo.pth") and cfg.convert.img_size == 128
+    assert not cfg.train.prompts.box and cfg.train.prompts.click_rounds == 5
+    assert cfg.convert.spacing_3d == (1.5, 1.5, 1.5) and cfg.data.layout == "csv"
+    assert not cfg.train.embedding_cache

@@ -122,8 +122,10 @@ def test_nrrd_vector_axis_becomes_components(tmp_path):
     arr, _, _ = read_image(tmp_path / "v.nrrd")
     assert arr.shape == (8, 7, 4, 3)
     np.testing.assert_array_equal(arr[..., 2], x[2])
-    vol = load_volume(Case("c", "c", (str(tmp_path / "v.nrrd"),)))
+    vol = load_volume(Case("c", "c", (str(tmp_path / "v.nrrd"),), modality="RGB"))
     assert vol.image.shape == (3, 8, 7, 4)
+    with pytest.raises(VolumeReadError, match=r"v\.nrrd: RGB-valued voxels .* scalar CT"):
+        load_volume(Case("c", "c", (str(tmp_path / "v.nrrd"),)))  # CT: scalar voxels only
 
 
 def test_picture_geometry_matches_simpleitk(tmp_path):

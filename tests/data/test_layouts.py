@@ -366,7 +366,7 @@ def test_unknown_layout_lists_valid_names():
     bad = DataConfig.model_construct(layout="brats", root=None, labels={}, modality=None,
                                      manifest=None, include_unlabelled=False, phantoms=None)
     with pytest.raises(LayoutError, match="unknown dataset layout 'brats'; valid layouts: asoca, "
-                                          "imagecas, nnunet, folder, csv, coco2d, phantoms"):
+                                          "imagecas, nnunet, folder, dicom, csv, coco2d, phantoms"):
         ingest(bad)
 
 

@@ -113,7 +113,7 @@ def test_clean_cases_pass(synthetic):
     assert sorted(result.passed) == ["clean", "mr_bright", "unlabelled"]
     assert set(result.failed) == set(EXPECTED)
     assert result.valid_fraction == pytest.approx(3 / 13)
-    assert result.statistics["evaluated_expectations"] == 13
+    assert result.statistics["evaluated_expectations"] == 14  # 13 + data.maps agreement
 
 
 @pytest.mark.parametrize("case_id", sorted(EXPECTED))

@@ -73,3 +73,17 @@ def test_three_clicks_equal_upstreams_interactive_loop() -> None:
     result = compare_sam_med3d(model, crop, points, torch.tensor([1, 0, 1]))
     assert len(result.clicks) == 3
     assert all(c.iou == 1.0 and c.max_logit_diff < 1e-5 for c in result.clicks)
+
+
+def test_an_upstream_built_base_checkpoint_loads_into_the_zoo_entry(tmp_path: Path) -> None:
+    """The released file's shape: medim's upstream builder (random weights here, no official
+    file on this machine) saved as SAM-Med3D's training script saves, {"model_state_dict"}."""
+    from medim.models.sam_med3d import build_sam3D_vit_b_ori
+
+    torch.manual_seed(0)
+    upstream = build_sam3D_vit_b_ori().state_dict()
+    path = tmp_path / "sam_med3d_turbo.pth"
+    torch.save({"model_state_dict": upstream, "epoch": 1}, path)
+    ours = build_model(ModelConfig(name="sam_med3d_turbo", checkpoint=path)).state_dict()
+    assert ours.keys() == upstream.keys()
+    assert all(torch.equal(ours[k], v) for k, v in upstream.items())

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 
 from samtune.config import ModelConfig, PromptConfig, TrainConfig
 from samtune.models.base import PromptableModel
+from samtune.models.fast_attention import use_sdpa
 from samtune.models.registry import build_model
 from samtune.train.data import collate
 from samtune.train.loop import train
@@ -193,9 +194,11 @@ def test_cached_embeddings_replace_the_frozen_encoder(tmp_path: Path) -> None:
 
     cached_model = tiny_model()
     cached_model.image_encoder.requires_grad_(False)
+    use_sdpa(cached_model)  # as the loop encodes (train.attention: sdpa)
     with torch.no_grad():
         images = torch.stack([it["image"] for it in data.items])
         embs = cached_model.encode(cached_model.normalize(images))
+    use_sdpa(cached_model, False)
     cached = Blobs(4, instances=2)
     for i, it in enumerate(cached.items):
         it["embeddings"] = embs.select(i)

@@ -98,3 +98,15 @@ def test_plateau_steps_on_validation_only() -> None:
     assert schedule.lrs(3) == [0.5]
     state = schedule.state_dict()
     assert state["best"] == 0.5 and state["mode"] == "max"
+
+
+def test_adamw_is_fused_on_cuda_only() -> None:
+    opt = build_optimizer(_params(), "AdamW", {"lr": 1e-3})
+    assert not opt.param_groups[0]["fused"]  # CPU parameters: torch's default (None)
+    assert build_optimizer(_params(), "SGD", {"lr": 1.0}).param_groups[0].get("fused") is None
+    if not torch.cuda.is_available():
+        pytest.skip("the fused branch needs CUDA parameters")
+    cuda = [torch.nn.Parameter(torch.zeros(2, device="cuda"))]
+    assert build_optimizer(cuda, "AdamW", {"lr": 1e-3}).param_groups[0]["fused"] is True
+    off = build_optimizer(cuda, "AdamW", {"lr": 1e-3, "fused": False})
+    assert off.param_groups[0]["fused"] is False

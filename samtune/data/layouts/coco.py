@@ -1,8 +1,14 @@
-"""2D pictures with COCO annotations (Roboflow exports) or with class-id mask pictures.
+"""2D pictures with COCO annotations (Roboflow, finestSAM, samtune's export) or class-id masks.
 
-Roboflow: `train/ valid/ test/` (valid → split "val"), each with `_annotations.coco.json` and its
-pictures; or one such folder as root (split None). Masks: `images/<stem>.png|jpg` +
-`masks/<stem>.png` whose pixel values are class ids. One case per picture.
+Split folders `train/ valid/ val/ test/` (valid → split "val"), each with its annotation file and
+pictures (beside it or in its `images/`), keep their split for `split.method: layout`; or one
+such folder as root (split None, e.g. finestSAM's auto-split `images/` + `annotations.json`).
+The annotation file is Roboflow's `_annotations.coco.json` or `annotations.json` (finestSAM /
+MSSegSAM, and samtune's own export, whose `infer/` folder gives unlabelled cases). Masks:
+`images/<stem>.png|jpg` + `masks/<stem>.png` whose pixel values are class ids. One case per
+picture; an image record's `patient_id` and `group` (samtune's export has them) are kept.
+Annotations are checked on read (ids, images, categories, polygons, RLE size and run lengths):
+a corrupted one is a LayoutError naming the file and the annotation id.
 """
 from __future__ import annotations
 
@@ -14,10 +20,13 @@ from typing import Any
 from samtune.config import DataConfig
 from samtune.data.cases import Case, CaseCollection, LayoutError
 from samtune.data.io_formats import PICTURE_EXTENSIONS, extension
+from samtune.data.layouts.coco_rle import check_segmentation
 from samtune.data.layouts.common import by_stem, inside, logger, require_root, skip
 
-ANNOTATIONS = "_annotations.coco.json"
+ANNOTATIONS = "_annotations.coco.json"  # Roboflow
+ANNOTATION_FILES = (ANNOTATIONS, "annotations.json")  # + finestSAM / MSSegSAM / samtune export
 SPLIT_FOLDERS = {"train": "train", "valid": "val", "val": "val", "test": "test"}
+INFER_FOLDER = "infer"  # samtune's export: inference-only patients (no labels)
 
 
 def load_coco(path: Path) -> dict[str, Any]:
@@ -32,38 +41,56 @@ def load_coco(path: Path) -> dict[str, Any]:
     for key in ("images", "annotations"):
         if not isinstance(data.get(key), list):
             raise LayoutError(path, f"COCO file has no '{key}' list")
-    ids = set()
+    ids: dict[Any, tuple[Any, Any]] = {}  # image id → (height, width) as recorded
     for im in data["images"]:
         if not isinstance(im, dict) or "id" not in im or "file_name" not in im:
             raise LayoutError(path, f"image record {str(im)[:80]} needs 'id' and 'file_name'")
         if im["id"] in ids:
             raise LayoutError(path, f"duplicate image id {im['id']}")
-        ids.add(im["id"])
+        ids[im["id"]] = (im.get("height"), im.get("width"))
     cats = {}
     for c in data.get("categories", []):
         if not isinstance(c, dict) or not isinstance(c.get("id"), int):
             raise LayoutError(path, f"category {str(c)[:80]} has no integer 'id'")
         cats[c["id"]] = str(c.get("name", c["id"]))
-    for a in data["annotations"]:
+    ann_ids: set = set()
+    for n, a in enumerate(data["annotations"]):
         if not isinstance(a, dict) or a.get("image_id") not in ids:
             img = a.get("image_id") if isinstance(a, dict) else None
             raise LayoutError(path, f"annotation {str(a)[:80]} points at unknown image {img}")
+        if a.get("id") is None or a["id"] in ann_ids:
+            raise LayoutError(path, f"annotation #{n} (image {a['image_id']}): missing or "
+                                    f"duplicate id {a.get('id')}")
+        ann_ids.add(a["id"])
         cid = a.get("category_id")
         if not isinstance(cid, int) or isinstance(cid, bool) or (cats and cid not in cats):
             raise LayoutError(path, f"annotation {a.get('id')} has an unknown category "
                                     f"{a.get('category_id')}")
+        problem = check_segmentation(a.get("segmentation"), ids[a["image_id"]])
+        if problem:
+            raise LayoutError(path, f"annotation {a['id']} (image {a['image_id']}): {problem}")
     data["_categories"] = cats
     return data
 
 
-def _sources(root: Path) -> list[tuple[Path, str | None]]:
-    splits = [(d, SPLIT_FOLDERS[d.name.lower()]) for d in sorted(root.iterdir())
-              if d.is_dir() and d.name.lower() in SPLIT_FOLDERS and (d / ANNOTATIONS).is_file()]
+def annotation_file(folder: Path) -> Path | None:
+    """The folder's COCO file (one of ANNOTATION_FILES); LayoutError when it holds both."""
+    found = [folder / name for name in ANNOTATION_FILES if (folder / name).is_file()]
+    if len(found) > 1:
+        raise LayoutError(folder, f"holds both {found[0].name} and {found[1].name}; keep one")
+    return found[0] if found else None
+
+
+def _sources(root: Path) -> list[tuple[Path, Path, str | None]]:
+    """(folder, annotation file, split) per split folder, else [(root, its file, None)]."""
+    names = {**SPLIT_FOLDERS, INFER_FOLDER: INFER_FOLDER}
+    splits = [(d, annotation_file(d), names[d.name.lower()]) for d in sorted(root.iterdir())
+              if d.is_dir() and d.name.lower() in names]
+    splits = [s for s in splits if s[1] is not None]
     if splits:
         return splits
-    if (root / ANNOTATIONS).is_file():
-        return [(root, None)]
-    return []
+    ann = annotation_file(root)
+    return [(root, ann, None)] if ann is not None else []
 
 
 def _labels(files: list[tuple[Path, dict[str, Any]]]) -> dict[int, str]:
@@ -115,12 +142,13 @@ def coco2d(cfg: DataConfig) -> CaseCollection:
     if not sources:
         if (root / "images").is_dir() and (root / "masks").is_dir():
             return _masks(root)
-        raise LayoutError(root, f"expected train/ valid/ test/ folders with {ANNOTATIONS}, "
-                                f"{ANNOTATIONS} in the folder itself, or images/ + masks/")
-    files = [(folder / ANNOTATIONS, load_coco(folder / ANNOTATIONS)) for folder, _ in sources]
+        raise LayoutError(root, f"expected train/ valid/ test/ folders with {ANNOTATIONS} or "
+                                f"annotations.json, one of those files in the folder itself, or "
+                                f"images/ + masks/")
+    files = [(ann, load_coco(ann)) for _, ann, _ in sources]
     skipped: dict[str, str] = {}
     found = []  # (split folder, split, stem, picture, image record, annotation file)
-    for (folder, split), (ann, data) in zip(sources, files):
+    for (folder, _, split), (ann, data) in zip(sources, files):
         for im in data["images"]:
             pic = inside(folder, im["file_name"], ann)
             if not pic.is_file() and (folder / "images").is_dir():
@@ -136,6 +164,8 @@ def coco2d(cfg: DataConfig) -> CaseCollection:
     for folder, split, stem, pic, im, ann in found:
         case_id = f"{folder.name}_{stem}" if splits_of[stem] > 1 else stem
         patient = str(im["patient_id"]) if im.get("patient_id") not in (None, "") else case_id
-        cases.append(Case(case_id, patient, (str(pic),), str(ann), modality="RGB", split=split,
-                          meta={"coco_image_id": im["id"]}))
+        label = None if split == INFER_FOLDER else str(ann)
+        group = str(im["group"]) if im.get("group") not in (None, "") else None
+        cases.append(Case(case_id, patient, (str(pic),), label, group=group,
+                          modality="RGB", split=split, meta={"coco_image_id": im["id"]}))
     return CaseCollection("coco2d", str(root), cases, _labels(files), skipped=skipped)

@@ -1,8 +1,8 @@
 """Dataset layouts: a registry from layout name to a small function that finds the cases.
 
 `ingest(cfg)` is what the prepare pipeline calls: look up the layout, find its cases, apply the
-config (include_unlabelled, labels, modality), check case ids, and fingerprint every file by its
-content (sha256) so that ZenML caching follows the data rather than paths or mtimes.
+config (include_unlabelled, maps, labels, modality), check case ids, and fingerprint every file
+by its content (sha256) so that ZenML caching follows the data rather than paths or mtimes.
 Adding a layout is one module in this package and one entry in `LAYOUTS` and `_DESCRIPTIONS`.
 """
 from __future__ import annotations
@@ -16,11 +16,14 @@ from samtune.data.cases import CaseCollection, LayoutError
 from samtune.data.io import file_sha256
 from samtune.data.layouts.asoca import asoca
 from samtune.data.layouts.coco import coco2d
+from samtune.data.layouts.dicom import dicom
 from samtune.data.layouts.folder import folder
 from samtune.data.layouts.imagecas import imagecas
 from samtune.data.layouts.manifest import csv_manifest
 from samtune.data.layouts.nnunet import nnunet
+from samtune.data.layouts.npz import npz
 from samtune.data.layouts.phantoms import phantoms
+from samtune.data.maps import attach_maps
 
 __all__ = ["LAYOUTS", "list_layouts", "ingest"]
 
@@ -34,9 +37,11 @@ LAYOUTS: dict[str, Callable[[DataConfig], CaseCollection]] = {
     "imagecas": imagecas,
     "nnunet": nnunet,
     "folder": folder,
+    "dicom": dicom,
     "csv": csv_manifest,
     "coco2d": coco2d,
     "phantoms": phantoms,
+    "npz": npz,
 }
 
 _DESCRIPTIONS = {
@@ -46,11 +51,16 @@ _DESCRIPTIONS = {
     "nnunet": "nnU-Net v2 / Medical Segmentation Decathlon raw: dataset.json, imagesTr, labelsTr, "
               "imagesTs",
     "folder": "images/<case>.<ext> + labels/<case>.<ext> (NIfTI/NRRD/MHA), optional patients.csv",
+    "dicom": "DICOM series (patient/study/series folders or one flat folder), grouped by "
+             "SeriesInstanceUID + labels/<series uid|folder path|folder name|patient id>.<ext>",
     "csv": "manifest CSV (data.manifest, default root/manifest.csv): image, label, patient_id, "
            "[group, case_id, split]",
-    "coco2d": "2D pictures: Roboflow COCO export (train/valid/test with _annotations.coco.json) "
-              "or images/ + masks/",
+    "coco2d": "2D pictures: Roboflow COCO export (train/valid/test with _annotations.coco.json), "
+              "COCO annotations.json + images/ (finestSAM, samtune's export; split folders "
+              "kept) or images/ + masks/",
     "phantoms": "synthetic coronary CTA volumes (data.phantoms) written into data.root",
+    "npz": "MedSAM/MedSAM2 .npz (imgs, gts, spacing[, direction, origin]) under root, "
+           "one case each; train/ val/ test/ folders keep their split",
 }
 
 
@@ -95,8 +105,11 @@ def ingest(cfg: DataConfig) -> CaseCollection:
         if len(collection.cases) < found:
             logger.info("%s: left out %d unlabelled case(s) (data.include_unlabelled=false)",
                         collection.root, found - len(collection.cases))
+    labelled = len(collection.cases)
+    attach_maps(collection, cfg.maps)  # data.maps: cases missing a map file are skipped
     if not collection.cases:
-        hint = " (all unlabelled; set data.include_unlabelled=true)" if found else ""
+        hint = (" (all unlabelled; set data.include_unlabelled=true)" if found and not labelled
+                else " (every case lacks a data.maps file)" if labelled else "")
         raise LayoutError(collection.root, f"no cases found for layout '{cfg.layout}'{hint}; "
                                            f"{len(collection.skipped)} file(s) skipped")
     if cfg.modality is not None:
