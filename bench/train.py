@@ -18,6 +18,8 @@ val off); epoch times are the loop's own `samples_per_s`.
       prompts and loss, epochs alternating; speedup = reference epoch ÷ samtune epoch (medians
       after the first). --quick (≤ 10 min on 2 idle CPU cores): sam_tiny for (a)–(c), plus the
       ViT-B cache ratio and (d) at 512 px on 4 slices (CUDA: 1024 px, 8 slices).
+  (e) 3D: bench/train3d.py for --model-3d (default sam_med3d_turbo at 128³) in a subprocess:
+      samples/s with 0 and 5 click rounds, one round ÷ encoder fwd+bwd, peak memory.
 Ends with one JSON line; top-level `cache_ratio_vit_b` and `speedup_vs_reference`.
 Usage: python bench/train.py [--quick] [--device auto|cpu|cuda] [--models a,b] [--amp bf16]
 """
@@ -274,6 +276,20 @@ def bench_methods(name: str, steps: int, batch: int, device: str) -> dict:
     return out
 
 
+def bench_3d(name: str, rounds: int, repeats: int, device: str) -> dict:
+    """(e) bench/train3d.py in a fresh process (its peak memory is its own): SAM-Med3D step
+    samples/s with and without `rounds` click rounds, the round's cost ÷ encoder fwd+bwd."""
+    cmd = [sys.executable, str(REPO / "bench" / "train3d.py"), "--model", name, "--rounds",
+           str(rounds), "--repeats", str(repeats), "--device", device, "--amp", LOOP["amp"]]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    try:
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        out = {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
+    logger.info("(e) 3D %s: %s", name, out)
+    return out
+
+
 def timed(fn, reps: int, device: torch.device) -> float:
     """Median seconds of fn() over reps runs, after one warm-up."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -349,6 +365,8 @@ def main() -> None:
                    "default 512 (CPU), 1024 (CUDA)")
     p.add_argument("--speed-epochs", type=int, default=3, help="(d) epochs of each loop")
     p.add_argument("--vit-slices", type=int, help=argparse.SUPPRESS)  # (d) + quick cache slices
+    p.add_argument("--model-3d", default="sam_med3d_turbo", help="(e) 3D row (bench/train3d.py"
+                   ", 128³ for the released size); '' skips it")
     p.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
@@ -391,6 +409,8 @@ def main() -> None:
         large = get_spec(name).img_size >= 1024 and device.type == "cpu"
         result["methods"][name] = bench_methods(name, 1 if large else args.steps,
                                                 1 if large else args.batch, args.device)
+    if args.model_3d:
+        result["3d"] = bench_3d(args.model_3d, 5, 1 if args.quick else 3, args.device)
     result["cache_ratio_vit_b"] = result["cache"].get("sam_vit_b", {}).get("ratio")
     result["speedup_vs_reference"] = result["speedup"]["speedup"]
     result["targets"] = {"cache_ratio_vit_b_min": 20, "marginal_instance_over_encode_max": 0.10,

@@ -95,6 +95,10 @@ class TrainConfig(Section):
     min_delta: float = Field(0.0, ge=0)
     checkpoint_every: int | None = Field(None, ge=1, description="epochs")
     embedding_cache: bool = True
+    crops_per_case: int = Field(4, ge=1, description="3D models: training crops per labelled "
+                                "case and epoch (samtune.train.data3d)")
+    crop_foreground: float = Field(0.75, ge=0, le=1, description="3D models: share of the "
+                                   "training crops centred on a voxel of a class")
     normalization: Literal["model", "imagenet", "dataset"] = Field(
         "model", description="model: the family's official input normalisation (SAM/SAM2: "
         "ImageNet mean/std, MedSAM: min-max to [0, 1]); imagenet: ImageNet mean/std whatever "

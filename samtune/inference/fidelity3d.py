@@ -57,7 +57,7 @@ def official_model(model: SamMed3DWrapper) -> nn.Module:
     from medim.models import sam_med3d as medim3d
 
     s, size = model.sizes, model.img_size
-    grid = size // 16
+    grid = size // s.patch_size
     with torch.device(model.pixel_mean.device):
         if s == VIT_B_ORI:
             sam = medim3d.build_sam3D_vit_b_ori(image_size=size)
@@ -66,7 +66,7 @@ def official_model(model: SamMed3DWrapper) -> nn.Module:
                 image_encoder=medim3d.ImageEncoderViT3D(
                     depth=s.depth, embed_dim=s.embed_dim, img_size=size, mlp_ratio=4,
                     norm_layer=partial(nn.LayerNorm, eps=1e-6), num_heads=s.num_heads,
-                    patch_size=16, qkv_bias=True, use_rel_pos=True,
+                    patch_size=s.patch_size, qkv_bias=True, use_rel_pos=True,
                     global_attn_indexes=list(s.global_attn), window_size=s.window_size,
                     out_chans=s.prompt_dim),
                 prompt_encoder=medim3d.PromptEncoder3D(
@@ -93,7 +93,8 @@ def official_clicks(sam: nn.Module, crop: torch.Tensor, points: torch.Tensor,
     embedding = sam.image_encoder(image)
     coords = torch.zeros(1, 0, 3, device=device)
     point_labels = torch.zeros(1, 0, device=device)
-    prev_low = torch.zeros(1, 1, *(n // 4 for n in image.shape[2:]), device=device)
+    # upstream: (S/4)³ zeros, i.e. 4× the embedding grid of its patch-16 encoder
+    prev_low = torch.zeros(1, 1, *(4 * n for n in embedding.shape[2:]), device=device)
     out = []
     for point, label in zip(points, labels):
         coords = torch.cat([coords, point.reshape(1, 1, 3).to(device)], dim=1)

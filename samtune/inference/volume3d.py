@@ -68,7 +68,7 @@ class _Crop:
         points = torch.tensor([coords], dtype=torch.float32, device=self.device)
         labels = torch.tensor([[int(p) for p in positive]], dtype=torch.long, device=self.device)
         if prev is None:  # upstream starts from an all-zero low-res mask, not None
-            prev = torch.zeros(1, 1, *(s // 4 for s in self.size), device=self.device)
+            prev = torch.zeros(1, 1, *self.model.low_res_size, device=self.device)
         low, _ = self.model.decode(self.emb, 0, Prompts(points=points, point_labels=labels,
                                                         mask_inputs=prev))
         return low, self.model.upscale(low)[0, 0]

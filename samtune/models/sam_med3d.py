@@ -52,6 +52,7 @@ class SamMed3DSizes:
     prompt_dim: int
     window_size: int = 14
     iou_hidden: int = 256
+    patch_size: int = 16
 
 
 VIT_B_ORI = SamMed3DSizes(embed_dim=768, depth=12, num_heads=12, global_attn=(2, 5, 8, 11),
@@ -86,8 +87,9 @@ def z_normalize(crops: torch.Tensor) -> torch.Tensor:
 class SamMed3DWrapper(PromptableModel):
     """medim's `ImageEncoderViT3D` + `PromptEncoder3D` + `MaskDecoder3D`.
 
-    img_size: the edge S of the S×S×S crop (a multiple of 16); the image embedding is
-    C×(S/16)³ and the low-res logits and mask prompts (S/4)³. sizes: the widths it was built
+    img_size: the edge S of the S×S×S crop (a multiple of the patch size P, 16 for every
+    released model); the image embedding is C×(S/P)³ and the low-res logits and mask prompts
+    (4S/P)³, (S/4)³ at P = 16. sizes: the widths it was built
     with (for rebuilding it in medim's own classes, see `samtune.inference.fidelity3d`).
     """
 
@@ -103,6 +105,11 @@ class SamMed3DWrapper(PromptableModel):
         self.mask_decoder = mask_decoder
         self.sizes = sizes
         self.grad_checkpointing = False
+
+    @property
+    def low_res_size(self) -> tuple[int, int, int]:
+        """The low-res logits / mask prompt grid: 4× the embedding grid, (S/4)³ at patch 16."""
+        return (4 * self.img_size // self.sizes.patch_size,) * 3
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         """Recompute the encoder's ViT blocks in the backward pass."""
@@ -171,22 +178,23 @@ class SamMed3DWrapper(PromptableModel):
 
 def _build_sam_med3d(img_size: int, *, embed_dim: int, depth: int, num_heads: int,
                      global_attn: tuple[int, ...], prompt_dim: int, window_size: int = 14,
-                     iou_hidden: int = 256) -> SamMed3DWrapper:
+                     iou_hidden: int = 256, patch_size: int = 16) -> SamMed3DWrapper:
     """medim's `build_sam3D_vit_b_ori` with the crop size S (and, for tiny models, the widths)
     as arguments. MaskDecoder3D fixes its transformer at 8 heads on prompt_dim/2 channels and
     the 3D position encoding uses prompt_dim/3 frequencies: prompt_dim must be a multiple of 48."""
     from medim.models.sam_med3d import ImageEncoderViT3D, MaskDecoder3D, PromptEncoder3D
 
-    if img_size <= 0 or img_size % 16:
-        raise ValueError(f"SAM-Med3D img_size {img_size} must be a positive multiple of 16")
+    if img_size <= 0 or img_size % patch_size:
+        raise ValueError(f"SAM-Med3D img_size {img_size} must be a positive multiple of the "
+                         f"patch size {patch_size}")
     if prompt_dim % 48:
         raise ValueError(f"SAM-Med3D prompt_dim {prompt_dim} must be a multiple of 48")
     sizes = SamMed3DSizes(embed_dim, depth, num_heads, tuple(global_attn), prompt_dim,
-                          window_size, iou_hidden)
-    grid = img_size // 16
+                          window_size, iou_hidden, patch_size)
+    grid = img_size // patch_size
     encoder = ImageEncoderViT3D(
         depth=depth, embed_dim=embed_dim, img_size=img_size, mlp_ratio=4,
-        norm_layer=partial(nn.LayerNorm, eps=1e-6), num_heads=num_heads, patch_size=16,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6), num_heads=num_heads, patch_size=patch_size,
         qkv_bias=True, use_rel_pos=True, global_attn_indexes=list(global_attn),
         window_size=window_size, out_chans=prompt_dim)
     prompt_encoder = PromptEncoder3D(embed_dim=prompt_dim, image_embedding_size=(grid,) * 3,
@@ -198,6 +206,8 @@ def _build_sam_med3d(img_size: int, *, embed_dim: int, depth: int, num_heads: in
 
 build_sam_med3d = partial(_build_sam_med3d, embed_dim=768, depth=12, num_heads=12,
                           global_attn=(2, 5, 8, 11), prompt_dim=384)
-# CPU tests: 32³ crops (a 2³ embedding) in well under a second per step.
+# CPU tests and the demo: 32³ crops in patches of 4 voxels (an 8³ embedding, low-res logits at
+# the crop's own 32³: thin vessels survive; a patch-16 model would see 2³ tokens).
 build_sam_med3d_tiny = partial(_build_sam_med3d, embed_dim=48, depth=2, num_heads=2,
-                               global_attn=(1,), prompt_dim=48, window_size=2, iou_hidden=64)
+                               global_attn=(1,), prompt_dim=48, window_size=4, iou_hidden=64,
+                               patch_size=4)

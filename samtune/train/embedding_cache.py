@@ -14,7 +14,8 @@ step (~45 ms), so ~1.7×; for the tiny test models it saves nothing. An entry is
 
 Layout: `root/<weights[:16]>-<preprocess[:16]>/meta.json` (what the folder holds) and
 `…/<xx>/<sha256(slice key)>.pt`, each `torch.save({"image": C×h×w, "high_res": [levels]})` in
-fp16 (tensors only; read with `weights_only=True`), written to a temporary file and renamed.
+fp16 (tensors only; read with `weights_only=True`, memory-mapped: no read into a buffer before
+the cast), written to a temporary file and renamed.
 Embeddings handed out are always the fp16-rounded values cast back to float32, so the first
 epoch (computed) and later ones (read) see identical inputs.
 """
@@ -101,7 +102,7 @@ class EmbeddingStore:
         """The stored embedding of one slice (batch 1), or None if absent or unreadable."""
         path = self.path(key)
         try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except FileNotFoundError:
             return None
         except Exception as exc:  # truncated/corrupt file: recompute rather than fail a run

@@ -103,7 +103,9 @@ def _crop_data(dataset_dir: Path, model: Any, cfg: TrainConfig) -> tuple[Any, An
     if cfg.prompts.box:
         log.info("SAM-Med3D embeds points only: train.prompts.box is met by a first positive "
                  "click at a random foreground voxel (upstream's training click)")
-    return load_crop_data(Path(dataset_dir) / "volumes3d", model.img_size, cfg.augment, cfg.seed)
+    return load_crop_data(Path(dataset_dir) / "volumes3d", model.img_size, cfg.augment, cfg.seed,
+                          samples_per_case=cfg.crops_per_case,
+                          foreground_fraction=cfg.crop_foreground)
 
 
 def qc_during_training(model: Any, dataset: Dataset, every: int, qc_dir: Path,

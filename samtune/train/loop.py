@@ -170,7 +170,8 @@ def _train(model: PromptableModel, train_data: Dataset | Iterable[dict[str, Any]
             t0, seen, lr, window_losses = time.perf_counter(), 0, schedule.lrs(run["step"])[0], 0
             batches = epoch_batches(train_data, cfg.batch_size, cfg.seed, epoch, skip,
                                     num_workers=cfg.num_workers, rank=ctx.rank,
-                                    world_size=ctx.world_size)
+                                    world_size=ctx.world_size,
+                                    pin_memory=device.type == "cuda")
             bar = tqdm(batches, total=n_batches, initial=skip, leave=False,
                        disable=None if ctx.is_main else True,
                        desc=f"epoch {epoch + 1}/{cfg.epochs}")

@@ -74,7 +74,7 @@ def count_batches(data: Dataset | Iterable[Batch], batch_size: int) -> int:
 
 def epoch_batches(data: Dataset | Iterable[Batch], batch_size: int, seed: int, epoch: int,
                   skip: int = 0, shuffle: bool = True, num_workers: int = 0, *, rank: int = 0,
-                  world_size: int = 1) -> Iterator[Batch]:
+                  world_size: int = 1, pin_memory: bool = False) -> Iterator[Batch]:
     """This rank's batches of one epoch from the `skip`-th on.
 
     A map-style Dataset (items as `SliceDataset`'s) is batched here in `batch_order` (or in
@@ -85,7 +85,10 @@ def epoch_batches(data: Dataset | Iterable[Batch], batch_size: int, seed: int, e
     Distributed: global batches of batch_size·world_size are formed as above and each rank
     takes its `local_part` (ready batches are sliced the same way), so N ranks see together
     exactly the slices one process sees with N times the batch. A rank whose part of a short
-    last batch is empty gets `EMPTY_BATCH`."""
+    last batch is empty gets `EMPTY_BATCH`.
+
+    Loading: with `num_workers` the PNG/RLE decode (and augmentation) runs in worker processes,
+    4 batches ahead each; `pin_memory` (CUDA) pins the batches for asynchronous copies."""
     if isinstance(data, Dataset):
         for obj in (data, getattr(data, "dataset", None)):  # augmentation draws per epoch
             if hasattr(obj, "set_epoch"):
@@ -98,7 +101,8 @@ def epoch_batches(data: Dataset | Iterable[Batch], batch_size: int, seed: int, e
         # not from the global torch RNG (which dropout uses), and the same one every resume.
         gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 1)
         loader = iter(DataLoader(data, batch_sampler=[b for b in local if b], collate_fn=collate,
-                                 num_workers=num_workers, generator=gen))
+                                 num_workers=num_workers, generator=gen, pin_memory=pin_memory,
+                                 prefetch_factor=4 if num_workers else None))
         return loader if all(local) else (next(loader) if b else {**EMPTY_BATCH} for b in local)
     if hasattr(data, "set_epoch"):
         data.set_epoch(epoch)  # type: ignore[union-attr]
@@ -136,7 +140,7 @@ def embed(model: PromptableModel, batch: Batch, norm: Callable[[torch.Tensor], t
         if frozen:
             return batch["embeddings"].to(device, dtype)
         logger.debug("batch carries cached embeddings but the encoder trains; encoding")
-    images = norm(batch["images"].to(device, dtype))
+    images = norm(batch["images"].to(device, dtype, non_blocking=True))
     if frozen:
         with torch.no_grad():
             return model.encode(images)

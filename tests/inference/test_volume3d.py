@@ -35,6 +35,10 @@ class RegionFixer(PromptableModel):
         super().__init__(img_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
         self.calls: list[Prompts] = []
 
+    @property
+    def low_res_size(self) -> tuple[int, int, int]:
+        return (self.img_size // 4,) * 3
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         fg = x > 0
         mean, std = x[fg].mean(), x[fg].std()

@@ -54,7 +54,7 @@ def test_normalisation_equals_torchio_and_decoding_shapes() -> None:
         prompts = Prompts(points=torch.tensor([[[16.0, 16.0, 16.0]]]),
                           point_labels=torch.tensor([[1]]))
         low, iou = model.decode(emb, 0, prompts)
-    assert low.shape == (1, 1, 8, 8, 8) and iou.shape == (1, 1)
+    assert low.shape == (1, 1, *model.low_res_size) == (1, 1, 32, 32, 32) and iou.shape == (1, 1)
     assert model.upscale(low).shape == (1, 1, 32, 32, 32)
     with pytest.raises(ValueError, match="box"):
         model.decode(emb, 0, Prompts(boxes=torch.zeros(1, 6)))
