@@ -276,11 +276,12 @@ def bench_methods(name: str, steps: int, batch: int, device: str) -> dict:
     return out
 
 
-def bench_3d(name: str, rounds: int, repeats: int, device: str) -> dict:
+def bench_3d(name: str, rounds: int, repeats: int, device: str, quick: bool = False) -> dict:
     """(e) bench/train3d.py in a fresh process (its peak memory is its own): SAM-Med3D step
     samples/s with and without `rounds` click rounds, the round's cost ÷ encoder fwd+bwd."""
     cmd = [sys.executable, str(REPO / "bench" / "train3d.py"), "--model", name, "--rounds",
-           str(rounds), "--repeats", str(repeats), "--device", device, "--amp", LOOP["amp"]]
+           str(rounds), "--repeats", str(repeats), "--device", device, "--amp", LOOP["amp"],
+           *(["--quick"] if quick else [])]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     try:
         out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -410,7 +411,8 @@ def main() -> None:
         result["methods"][name] = bench_methods(name, 1 if large else args.steps,
                                                 1 if large else args.batch, args.device)
     if args.model_3d:
-        result["3d"] = bench_3d(args.model_3d, 5, 1 if args.quick else 3, args.device)
+        result["3d"] = bench_3d(args.model_3d, 5, 1 if args.quick else 3, args.device,
+                                args.quick)
     result["cache_ratio_vit_b"] = result["cache"].get("sam_vit_b", {}).get("ratio")
     result["speedup_vs_reference"] = result["speedup"]["speedup"]
     result["targets"] = {"cache_ratio_vit_b_min": 20, "marginal_instance_over_encode_max": 0.10,

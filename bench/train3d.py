@@ -3,7 +3,7 @@
 The model comes from the registry (random weights: the cost does not depend on the values);
 crops are synthetic S³ volumes with one ball per crop (a class mask), S = the model's img_size
 (128 for sam_med3d / sam_med3d_turbo, the released architecture). Timed, each the median of
---repeats runs after one warm-up:
+--repeats runs after one warm-up (--quick: one warm-up, of the encoder, for all three):
   (a) step: one optimizer step of samtune's own training step (`samtune.train.step.batch_loss`
       → backward → AdamW) on --batch crops, with train.prompts.click_rounds 0 and --rounds →
       samples/s for each, and the per-round cost relative to the encoder;
@@ -44,8 +44,9 @@ def _batch(n: int, size: int) -> dict:
             "masks": [ball[None].clone() for _ in range(n)]}
 
 
-def _median(fn, repeats: int) -> float:
-    fn()  # warm-up
+def _median(fn, repeats: int, warmup: bool = True) -> float:
+    if warmup:
+        fn()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--amp", default="none", choices=["none", "bf16"])
+    ap.add_argument("--quick", action="store_true", help="warm up once (the encoder) instead "
+                    "of before each timing (bench/train.py --quick)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     device = torch.device(args.device)
@@ -93,8 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
         model.encode(model.normalize(batch["images"].to(device))).image.float().sum().backward()
 
     t_enc = _median(encoder, args.repeats)
-    t0 = _median(step(0), args.repeats)
-    tk = _median(step(args.rounds), args.repeats)
+    t0 = _median(step(0), args.repeats, not args.quick)
+    tk = _median(step(args.rounds), args.repeats, not args.quick)
     per_round = (tk - t0) / max(args.rounds, 1)
     figures = {"model": args.model, "crop": size, "batch": args.batch, "device": str(device),
                "amp": args.amp, "encoder_fwd_bwd_s": round(t_enc, 3),

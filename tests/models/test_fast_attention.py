@@ -54,11 +54,10 @@ def test_sdpa_equals_eager_in_fp32(name: str, modules: int) -> None:
 @pytest.mark.parametrize("fused_everywhere", [False, True])
 def test_sdpa_gradients_equal_eager(fused_everywhere: bool, monkeypatch: pytest.MonkeyPatch
                                     ) -> None:
-    """fused_everywhere: SDPA also where the CPU would fall back to the explicit softmax (a
-    mask that needs a gradient), as on CUDA."""
+    """fused_everywhere: SDPA (bias mask with its gradient) also where CPU training runs
+    upstream's forward, as on CUDA; else the CPU training path."""
     if fused_everywhere:
-        monkeypatch.setattr(fast_attention, "_attention", lambda q, k, v, mask: torch.nn.
-                            functional.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+        monkeypatch.setattr(fast_attention, "_cpu_training", lambda x: False)
     model = random_model("sam_tiny").train()
     images = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2)) * 255
     grads = []
