@@ -53,6 +53,10 @@ class HqSamWrapper(SamWrapper):
         super().__init__(image_encoder, prompt_encoder, mask_decoder, img_size, family)
         self.hq_token_only = hq_token_only
 
+    # MaskDecoderHQ repeats its per-image HQ features by the instance count (hq_features.repeat),
+    # so instances of several images cannot share a call: `decode_many` decodes per image.
+    decode_pooled = None  # type: ignore[assignment]
+
     def encode(self, images: torch.Tensor) -> Embeddings:
         """B×3×S×S normalised → Embeddings(image=B×C×S/16×S/16, high_res=[B×C_vit×S/16×S/16])."""
         enc = self.image_encoder

@@ -72,23 +72,40 @@ class SamWrapper(PromptableModel):
         """Prompts of image `b` → (logits N×M×S/4×S/4, IoU N×M); M = 3 if multimask else 1."""
         # Run the heads in their own precision (cached embeddings may be bf16/fp16).
         image = emb.image[b:b + 1].to(self.mask_decoder.iou_token.weight.dtype)
-        dtype = self.prompt_encoder.no_mask_embed.weight.dtype
-        m = 3 if multimask else 1
-        n = len(prompts)
-        if n == 0:
-            h, w = image.shape[-2:]
+        if len(prompts) == 0:
+            m, (h, w) = 3 if multimask else 1, image.shape[-2:]
             return image.new_zeros(0, m, 4 * h, 4 * w), image.new_zeros(0, m)
+        sparse, dense = self._encode_prompts(prompts, image.dtype)
+        # MaskDecoder repeats the one image embedding per prompt itself.
+        return self.mask_decoder(image_embeddings=image,
+                                 image_pe=self.prompt_encoder.get_dense_pe(),
+                                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                 multimask_output=multimask)
+
+    def decode_pooled(self, emb: Embeddings, index: torch.Tensor, prompts: Prompts,
+                      multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """N prompts of several images in one decoder call; instance i belongs to image
+        `index[i]` → as `decode`. MaskDecoder adds its one (repeated) image embedding to the
+        dense prompt embeddings first thing, so the per-instance embeddings enter there, on a
+        zero image: the same sums, hence the same logits, as one `decode` per image."""
+        image = emb.image.to(self.mask_decoder.iou_token.weight.dtype)[index]  # N×C×h×w
+        sparse, dense = self._encode_prompts(prompts, image.dtype)
+        return self.mask_decoder(image_embeddings=image.new_zeros(1, *image.shape[1:]),
+                                 image_pe=self.prompt_encoder.get_dense_pe(),
+                                 sparse_prompt_embeddings=sparse,
+                                 dense_prompt_embeddings=image + dense,
+                                 multimask_output=multimask)
+
+    def _encode_prompts(self, prompts: Prompts, dtype: torch.dtype
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """→ (sparse N×T×C, dense N×C×h×w) prompt embeddings in `dtype`."""
+        own = self.prompt_encoder.no_mask_embed.weight.dtype
         points = None
         if prompts.points is not None:
             if prompts.point_labels is None:
                 raise ValueError("Prompts.points needs point_labels (N×P: 1, 0 or -1)")
-            points = (prompts.points.to(dtype), prompts.point_labels)
-        boxes = None if prompts.boxes is None else prompts.boxes.to(dtype)
-        masks = None if prompts.mask_inputs is None else prompts.mask_inputs.to(dtype)
+            points = (prompts.points.to(own), prompts.point_labels)
+        boxes = None if prompts.boxes is None else prompts.boxes.to(own)
+        masks = None if prompts.mask_inputs is None else prompts.mask_inputs.to(own)
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks)
-        # MaskDecoder repeats the one image embedding per prompt itself.
-        return self.mask_decoder(image_embeddings=image,
-                                 image_pe=self.prompt_encoder.get_dense_pe(),
-                                 sparse_prompt_embeddings=sparse.to(image.dtype),
-                                 dense_prompt_embeddings=dense.to(image.dtype),
-                                 multimask_output=multimask)
+        return sparse.to(dtype), dense.to(dtype)

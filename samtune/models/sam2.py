@@ -116,25 +116,36 @@ class Sam2Wrapper(PromptableModel):
                multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts of image `b` → (logits N×M×S/4×S/4, IoU N×M), as the predictor's `_predict`
         (boxes become two points labelled 2 and 3, placed before the clicks)."""
-        # Run the heads in their own precision (cached embeddings may be bf16/fp16).
-        dtype = self.sam_mask_decoder.iou_token.weight.dtype
         if emb.raw:  # from a frozen-encoder cache: project this image's levels now
             emb, b = self.finish(emb.select(b)), 0
-        image = emb.image[b:b + 1].to(dtype)
-        m = 3 if multimask else 1
-        n = len(prompts)
-        if n == 0:
-            h, w = image.shape[-2:]
-            return image.new_zeros(0, m, 4 * h, 4 * w), image.new_zeros(0, m)
+        if len(prompts) == 0:
+            m, (h, w) = 3 if multimask else 1, emb.image.shape[-2:]
+            return emb.image.new_zeros(0, m, 4 * h, 4 * w), emb.image.new_zeros(0, m)
+        return self._heads(emb.select(b), prompts, multimask, repeat_image=True)
+
+    def decode_pooled(self, emb: Embeddings, index: torch.Tensor, prompts: Prompts,
+                      multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """N prompts of several images in one decoder call (instance i of image `index[i]`):
+        sam2's MaskDecoder takes per-instance image and high-res features with
+        repeat_image=False → as `decode`."""
+        emb = self.finish(emb)
+        per_instance = Embeddings(emb.image[index], [h[index] for h in emb.high_res])
+        return self._heads(per_instance, prompts, multimask, repeat_image=False)
+
+    def _heads(self, emb: Embeddings, prompts: Prompts, multimask: bool,
+               repeat_image: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        # Run the heads in their own precision (cached embeddings may be bf16/fp16).
+        dtype = self.sam_mask_decoder.iou_token.weight.dtype
         coords, labels = _concat_points(prompts, dtype)
         masks = None if prompts.mask_inputs is None else prompts.mask_inputs.to(dtype)
         sparse, dense = self.sam_prompt_encoder(
             points=None if coords is None else (coords, labels), boxes=None, masks=masks)
         low_res, iou, _tokens, obj = self.sam_mask_decoder(
-            image_embeddings=image, image_pe=self.sam_prompt_encoder.get_dense_pe(),
+            image_embeddings=emb.image.to(dtype),
+            image_pe=self.sam_prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-            multimask_output=multimask, repeat_image=True,
-            high_res_features=[h[b:b + 1].to(dtype) for h in emb.high_res] or None)
+            multimask_output=multimask, repeat_image=repeat_image,
+            high_res_features=[h.to(dtype) for h in emb.high_res] or None)
         gate = self.preprocess == "medsam2" and self.sam_mask_decoder.pred_obj_scores
         if gate and not self.training:
             # MedSAM2 runs through sam2's video predictor, whose SAM heads blank the masks of an

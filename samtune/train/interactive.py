@@ -14,30 +14,33 @@ import torch
 
 from samtune.inference.clicks import append_clicks, next_click
 from samtune.models.base import Embeddings, PromptableModel, Prompts
+from samtune.models.pooled_decode import decode_many
 from samtune.models.prompts import select_best
 
 __all__ = ["click_rounds"]
 
 
-def click_rounds(model: PromptableModel, emb: Embeddings, b: int, prompts: Prompts,
-                 low: torch.Tensor, iou: torch.Tensor, targets: torch.Tensor, rounds: int,
-                 multimask: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Rounds 1…`rounds` after round 0's (low N×M×s…, iou N×M) for the N instances of image `b`
-    with ground truth `targets` (N×S×S or N×S×S×S bool, the model's input grid) → each round's
-    (low-res logits N×M×s…, IoU N×M). The click is taken from the best of M by predicted IoU,
-    whose low-res logits become the next mask prompt. An instance already exact gets a padding
-    point (label -1) and keeps being decoded."""
+def click_rounds(model: PromptableModel, emb: Embeddings, items: list[tuple[int, Prompts]],
+                 first: list[tuple[torch.Tensor, torch.Tensor]], targets: list[torch.Tensor],
+                 rounds: int, multimask: bool) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Rounds 1…`rounds` after round 0. items: (b, prompts of image b's N_i instances); first:
+    round 0's (low N_i×M×s…, iou N_i×M) per item; targets: the items' ground truth (N_i×S×S or
+    N_i×S×S×S bool, the model's input grid) → per round, one (low-res logits, IoU) per item,
+    every item's instances decoded together (`decode_many`). The click is taken from the best of
+    M by predicted IoU, whose low-res logits become the next mask prompt. An instance already
+    exact gets a padding point (label -1) and keeps being decoded."""
     xy = getattr(model, "spatial_dims", 2) == 2
-    truth = targets.bool().cpu().numpy()
-    out = []
+    truths = [t.bool().cpu().numpy() for t in targets]
+    prompts = [p for _, p in items]
+    prev, out = first, []
     for _ in range(rounds):
-        best = select_best(low, iou)[0] if low.shape[1] > 1 else low
-        best = best.detach()
-        with torch.no_grad():
-            pred = (model.upscale(best.float())[:, 0] > 0).cpu().numpy()
-        clicks = [next_click(p, t) for p, t in zip(pred, truth)]
-        prompts = append_clicks(prompts, clicks, xy=xy)
-        prompts.mask_inputs = best.to(low.dtype)
-        low, iou = model.decode(emb, b, prompts, multimask)
-        out.append((low, iou))
+        for i, ((low, iou), truth) in enumerate(zip(prev, truths)):
+            best = (select_best(low, iou)[0] if low.shape[1] > 1 else low).detach()
+            with torch.no_grad():
+                pred = (model.upscale(best.float())[:, 0] > 0).cpu().numpy()
+            prompts[i] = append_clicks(prompts[i], [next_click(p, t) for p, t in
+                                                    zip(pred, truth)], xy=xy)
+            prompts[i].mask_inputs = best.to(low.dtype)
+        prev = decode_many(model, emb, [(b, p) for (b, _), p in zip(items, prompts)], multimask)
+        out.append(prev)
     return out

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from samtune.config import PromptConfig, TrainConfig
 from samtune.models.base import Embeddings, PromptableModel
 from samtune.models.normalization import normalize
+from samtune.models.pooled_decode import decode_many
 from samtune.models.prompts import make_prompts, select_best
 from samtune.train.data import collate
 from samtune.train.embedding_cache import encoder_is_frozen
@@ -155,7 +156,7 @@ def predict_instances(model: PromptableModel, emb: Embeddings, batch: Batch, cfg
     of the batch, pooled; 0 when no image has one). With `cfg.click_rounds` K > 0 each instance
     is decoded K more times with corrective clicks (`samtune.train.interactive`) and every
     round (or the last, `cfg.click_loss`) adds its N rows, each with the instance's target."""
-    logits, ious, targets = [], [], []
+    groups = []  # (b, masks, prompts) of every image with instances
     for b, masks in enumerate(batch["masks"]):
         masks = masks.bool().cpu()
         if len(masks) == 0:
@@ -163,30 +164,36 @@ def predict_instances(model: PromptableModel, emb: Embeddings, batch: Batch, cfg
         if max_instances is not None and len(masks) > max_instances:
             keep = torch.randperm(len(masks), generator=generator)[:max_instances].sort().values
             masks = masks[keep]
-        make = make_prompts_3d if masks.ndim == 4 else make_prompts  # 3D: SAM-Med3D's points
-        prompts = make(masks, cfg, generator)
-        if cfg.mask_prompt:  # a first pass without mask input; its logits prompt the second
-            with torch.no_grad():
-                low, iou = model.decode(emb, b, _to(prompts, device), cfg.multimask)
-            prev = select_best(low, iou)[0] if cfg.multimask else low
-            prompts = make(masks, cfg, generator, prev_logits=prev.float().cpu())
-        prompts = _to(prompts, device)
-        low, iou = model.decode(emb, b, prompts, cfg.multimask)
-        rounds = [(low, iou)]
-        if cfg.click_rounds:  # corrective clicks, the previous logits as mask prompt
-            rounds += click_rounds(model, emb, b, prompts, low, iou, masks, cfg.click_rounds,
-                                   cfg.multimask)
-            rounds = rounds if cfg.click_loss == "all" else rounds[-1:]
-        for low, iou in rounds:
-            logits.append(model.upscale(low))
-            ious.append(iou)
-            targets.append(masks.to(device))
+        groups.append((b, masks, _make_prompts(masks, cfg, generator)))
+    if cfg.mask_prompt and groups:  # a first pass without mask input; its logits prompt
+        with torch.no_grad():       # the second
+            first = decode_many(model, emb, [(b, _to(p, device)) for b, _, p in groups],
+                                cfg.multimask)
+        groups = [(b, masks, _make_prompts(masks, cfg, generator, prev_logits=(
+            select_best(low, iou)[0] if cfg.multimask else low).float().cpu()))
+            for (b, masks, _), (low, iou) in zip(groups, first)]
+    items = [(b, _to(p, device)) for b, _, p in groups]
+    rounds = [decode_many(model, emb, items, cfg.multimask)] if items else []
+    if cfg.click_rounds and items:  # corrective clicks, the previous logits as mask prompt
+        rounds += click_rounds(model, emb, items, rounds[0], [m for _, m, _ in groups],
+                               cfg.click_rounds, cfg.multimask)
+        rounds = rounds if cfg.click_loss == "all" else rounds[-1:]
+    logits = [model.upscale(torch.cat([low for low, _ in r])) for r in rounds]
+    ious = [torch.cat([iou for _, iou in r]) for r in rounds]
+    targets = [torch.cat([m for _, m, _ in groups]).to(device) for _ in rounds]
     if not logits:
         spatial = tuple(batch["images"].shape[2:])  # S×S, or S×S×S for a 3D model's crops
         m = 3 if cfg.multimask else 1
         return (torch.zeros(0, m, *spatial, device=device), torch.zeros(0, m, device=device),
                 torch.zeros(0, *spatial, dtype=torch.bool, device=device))
     return torch.cat(logits), torch.cat(ious), torch.cat(targets)
+
+
+def _make_prompts(masks: torch.Tensor, cfg: PromptConfig, generator: torch.Generator,
+                  **kwargs: Any) -> Any:
+    """2D instances (N×S×S): `make_prompts`; 3D (N×S×S×S): SAM-Med3D's points."""
+    make = make_prompts_3d if masks.ndim == 4 else make_prompts
+    return make(masks, cfg, generator, **kwargs)
 
 
 def _to(prompts: Any, device: torch.device) -> Any:

@@ -43,8 +43,8 @@ def test_clicks_follow_the_rule_in_xy_and_feed_the_previous_logits() -> None:
     gt[0, :6, :8] = True  # … and rows 6–15 of the predicted left half are false positive
     emb = Embeddings(torch.zeros(1, 1, 1, 1))
     low, iou = model.decode(emb, 0, Prompts(boxes=torch.tensor([[10., 4., 13., 11.]])))
-    out = click_rounds(model, emb, 0, model.seen[0], low, iou, gt, 2, False)
-    assert len(out) == 2
+    out = click_rounds(model, emb, [(0, model.seen[0])], [(low, iou)], [gt], 2, False)
+    assert len(out) == 2 and all(len(r) == 1 for r in out)
     first, second = model.seen[1], model.seen[2]
     # the false positive (80 px) is larger than the missed 32 px: a negative click at its
     # centre, the first distance maximum (row 9, col 3; 4 px from every border) as (x, y)

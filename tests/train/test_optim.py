@@ -100,12 +100,26 @@ def test_plateau_steps_on_validation_only() -> None:
     assert state["best"] == 0.5 and state["mode"] == "max"
 
 
-def test_adamw_is_fused_on_cuda_only() -> None:
+def test_adamw_is_fused_on_cpu_and_cuda_and_steps_like_the_loop() -> None:
     opt = build_optimizer(_params(), "AdamW", {"lr": 1e-3})
-    assert not opt.param_groups[0]["fused"]  # CPU parameters: torch's default (None)
+    assert opt.param_groups[0]["fused"] is True  # CPU parameters: torch's fused CPU kernel
+    for kwargs in ({"fused": False}, {"foreach": True}):  # the user's choice stands
+        assert not build_optimizer(_params(), "AdamW", {"lr": 1e-3, **kwargs}
+                                   ).param_groups[0]["fused"]
     assert build_optimizer(_params(), "SGD", {"lr": 1.0}).param_groups[0].get("fused") is None
+    results = []
+    for kwargs in ({}, {"fused": False}):  # fused and torch's per-tensor loop agree
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(3))]
+        opt = build_optimizer(params, "AdamW", {"lr": 1e-2, "weight_decay": 0.1, **kwargs})
+        for step in range(3):
+            for p in params:
+                p.grad = torch.full_like(p, 0.1 * (step + 1))
+            opt.step()
+        results.append(torch.cat([p.detach().flatten() for p in params]))
+    torch.testing.assert_close(results[0], results[1], atol=1e-6, rtol=1e-5)
     if not torch.cuda.is_available():
-        pytest.skip("the fused branch needs CUDA parameters")
+        pytest.skip("the CUDA branch needs CUDA parameters")
     cuda = [torch.nn.Parameter(torch.zeros(2, device="cuda"))]
     assert build_optimizer(cuda, "AdamW", {"lr": 1e-3}).param_groups[0]["fused"] is True
     off = build_optimizer(cuda, "AdamW", {"lr": 1e-3, "fused": False})
