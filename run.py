@@ -10,8 +10,6 @@ import logging
 import sys
 from pathlib import Path
 
-import yaml
-
 from pipelines import PIPELINES
 from samtune.config import Config, ConfigError, load_config
 from samtune.data.cases import DataError
@@ -49,34 +47,10 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _print_listing(args: argparse.Namespace) -> None:
-    if args.list_datasets:
-        from samtune.data.layouts import list_layouts
-
-        print("dataset layouts (data.layout):")
-        for name, text in list_layouts().items():
-            print(f"  {name:<10} {text}")
-    if args.list_pipelines:
-        print("pipelines (--pipeline):")
-        for name, spec in PIPELINES.items():
-            print(f"  {name:<10} {spec.description}")
-    if args.list_models:
-        from samtune.models.registry import list_models
-
-        print(f"{'model':<16} {'family':<10} {'params':>12} {'img':>5}  checkpoint (sha256)")
-        print(f"{'':<16} preprocessing: the upstream inference it reproduces")
-        for m in list_models():
-            print(f"{m['name']:<16} {m['family']:<10} {m['params']:>12,} {m['img_size']:>5}  "
-                  f"{m['checkpoint'] or '-'} ({m['sha256'] or 'unknown'})")
-            print(f"{'':<16} {m['preprocess']}")
-
-
 def _dry_run(cfg: Config, pipeline: str) -> None:
-    print(f"# resolved config ({pipeline})")
-    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
-    print(f"# step plan: {pipeline}")
-    for i, (step_name, sections) in enumerate(PIPELINES[pipeline].plan, 1):
-        print(f"  {i}. {step_name:<18} ← {', '.join(sections)}")
+    from samtune.cli.plans import plan_lines
+
+    print("\n".join(plan_lines(cfg.to_dict(), pipeline)))
     if pipeline == "benchmark":
         from samtune.benchmark import dry_run_lines
 
@@ -88,22 +62,11 @@ def _dry_run(cfg: Config, pipeline: str) -> None:
     if cfg.data.root is not None and not cfg.data.root.exists() and cfg.data.layout != "phantoms":
         log.warning("data.root %s does not exist (yet): the run would stop at ingest",
                     cfg.data.root)
-    missing = _missing_checkpoint(cfg, pipeline)
+    from samtune.cli.preflight import missing_checkpoint
+
+    missing = missing_checkpoint(cfg, pipeline)
     if missing:
         log.warning("the run would stop before any step: %s", missing)
-
-
-def _missing_checkpoint(cfg: Config, pipeline: str) -> str | None:
-    """What is wrong when a pipeline that builds the `model` section from its checkpoint would
-    not find the file (benchmark cells note their own; evaluate/infer with eval.model_uri load a
-    trained model instead)."""
-    builds = pipeline in ("finetune", "retrain") or (
-        pipeline in ("evaluate", "infer") and cfg.eval.model_uri is None)
-    if not builds:
-        return None
-    from samtune.models.checkpoint_files import missing_checkpoint_message
-
-    return missing_checkpoint_message(cfg)
 
 
 def _download(name: str, cfg: Config) -> int:
@@ -184,21 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     _setup_logging(args.verbose)
     if args.list_datasets or args.list_pipelines or args.list_models:
-        _print_listing(args)
+        from samtune.cli.listing import listing_lines
+
+        print("\n".join(listing_lines(args.list_datasets, args.list_pipelines, args.list_models)))
         return 0
-    if args.download is not None and not args.pipeline:
-        try:
-            return _download(args.download, load_config(args.config, args.set))
-        except ConfigError as exc:
-            log.error("%s", exc)
-            return 2
-    if args.check:
-        try:
-            return _check(load_config(args.config, args.set))
-        except ConfigError as exc:
-            log.error("%s", exc)
-            return 2
-    if not args.pipeline:
+    if not (args.pipeline or args.download is not None or args.check):
         log.error("choose a pipeline with --pipeline (one of %s)", ", ".join(PIPELINES))
         return 2
     try:
@@ -206,17 +159,21 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
+    if args.download is not None and not args.pipeline:
+        return _download(args.download, cfg)
+    if args.check:
+        return _check(cfg)
     if args.dry_run:
         _dry_run(cfg, args.pipeline)
         return 0
-    from samtune.cli.preflight import unwritable_folders
+    from samtune.cli.preflight import missing_checkpoint, unwritable_folders
 
     unwritable = unwritable_folders(cfg, args.pipeline, REPO)
     if unwritable:  # before ZenML or the stack is touched: a config problem, exit 2
         log.error("run stopped before any step:\n  %s", "\n  ".join(unwritable))
         return 2
     failed = args.download is not None and _download(args.download, cfg)
-    missing = _missing_checkpoint(cfg, args.pipeline)
+    missing = missing_checkpoint(cfg, args.pipeline)
     if missing:  # before ZenML or the stack is touched
         log.error("run failed before any step: %s", missing)
     if failed or missing:

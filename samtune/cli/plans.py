@@ -81,3 +81,14 @@ PIPELINES: dict[str, PipelineSpec] = {
         "bootstrap); registry.rollback=true gives the champion alias back to `previous`",
         PROMOTE_PLAN),
 }
+
+
+def plan_lines(config: dict, pipeline: str) -> list[str]:
+    """`run.py --dry-run`: the resolved config (a `Config.to_dict()`) as YAML and the step plan."""
+    import yaml
+
+    lines = [f"# resolved config ({pipeline})",
+             yaml.safe_dump(config, sort_keys=False).rstrip("\n"), f"# step plan: {pipeline}"]
+    lines += [f"  {i}. {step:<18} ← {', '.join(sections)}"
+              for i, (step, sections) in enumerate(PIPELINES[pipeline].plan, 1)]
+    return lines

@@ -1,4 +1,5 @@
-"""Before any step: can the run write where its config says it writes?
+"""Before any step: can the run write where its config says it writes, and is the checkpoint
+file its model is built from there (`missing_checkpoint`)?
 
 A read-only or missing-permission folder would otherwise surface as a raw `OSError: [Errno 30]`
 (or 13) after work has started. `unwritable_folders` probes each folder the pipeline writes
@@ -64,3 +65,16 @@ def unwritable_folders(cfg: Config, pipeline: str, project_root: Path) -> list[s
         if problem:
             lines.append(f"{key}: {problem}; choose a writable folder (--set {key}=PATH)")
     return lines
+
+
+def missing_checkpoint(cfg: Config, pipeline: str) -> str | None:
+    """What is wrong when a pipeline that builds the `model` section from its checkpoint would
+    not find the file (benchmark cells note their own; evaluate/infer with eval.model_uri load a
+    trained model instead); None when nothing is missing."""
+    builds = pipeline in ("finetune", "retrain") or (
+        pipeline in ("evaluate", "infer") and cfg.eval.model_uri is None)
+    if not builds:
+        return None
+    from samtune.models.checkpoint_files import missing_checkpoint_message
+
+    return missing_checkpoint_message(cfg)

@@ -79,8 +79,7 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], name: str,
         raise ValueError("no trainable parameters: the whole model is frozen (method 'frozen' "
                          "or every part in model.freeze); nothing to fine-tune")
     if cls.__name__ in FUSED and "fused" not in kwargs and "foreach" not in kwargs \
-            and len({p.device.type for p in trainable}) == 1 \
-            and trainable[0].device.type in ("cuda", "cpu") \
+            and {p.device.type for p in trainable} in ({"cuda"}, {"cpu"}) \
             and all(p.is_floating_point() for p in trainable):
         kwargs = {**kwargs, "fused": True}
     try:

@@ -180,7 +180,7 @@ def predict_instances(model: PromptableModel, emb: Embeddings, batch: Batch, cfg
         rounds = rounds if cfg.click_loss == "all" else rounds[-1:]
     logits = [model.upscale(torch.cat([low for low, _ in r])) for r in rounds]
     ious = [torch.cat([iou for _, iou in r]) for r in rounds]
-    targets = [torch.cat([m for _, m, _ in groups]).to(device) for _ in rounds]
+    targets = [torch.cat([m for _, m, _ in groups]).to(device)] * len(rounds) if rounds else []
     if not logits:
         spatial = tuple(batch["images"].shape[2:])  # S×S, or S×S×S for a 3D model's crops
         m = 3 if cfg.multimask else 1
