@@ -135,13 +135,13 @@ def bench_cache(name: str, n: int, epochs: tuple[int, int], batch: int, device: 
                                   tmp / "ckpt_cached"), n)
     plain = epoch_times(plain, n)
     off, on = steady(plain), steady(cached)
-    files = list((tmp / "emb").rglob("*.pt"))
+    store = cached_data.store
     res = {"img_size": model.img_size, "slices": n, "batch_size": batch,
            "uncached_epoch_s": plain, "cache_build_s": round(build_s, 3), "cached_epoch_s": cached,
            "uncached_steady_s": off, "cached_steady_s": on,
            "ratio": round(off / on, 2), "item_ms": item_ms(data, n),
            "cached_item_ms": item_ms(cached_data, n), "cache_mb_per_slice": round(
-               sum(f.stat().st_size for f in files) / max(len(files), 1) / 2**20, 3),
+               store.nbytes() / max(len(store), 1) / 2**20, 3),
            "trainable_params": report["trainable"]}
     logger.info("(a) %s: %s", name, res)
     return res

@@ -105,7 +105,9 @@ class TrainConfig(Section):
         "the family; dataset: the train split's mean/std (both differ from upstream)")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_workers: int = Field(0, ge=0)
+    num_workers: int | Literal["auto"] = Field(
+        "auto", description="data-loading processes (PNG/RLE decode off the training thread); "
+        "auto: none on the CPU (its cores train), min(4, cores / 2 per rank) on CUDA")
     resume: Path | None = None
     cache_dir: Path = Field(Path(".samtune/cache"), description="frozen-encoder embeddings")
     qc_every: int = Field(5, ge=1, description="epochs between QC overlay images")

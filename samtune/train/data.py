@@ -112,31 +112,44 @@ class SliceDataset(Dataset):
         return f"{self.fingerprint}/{self.split}/{rec['id']}/{hashlib.sha256(raw).hexdigest()[:32]}"
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.item(index)
+
+    def item(self, index: int, pixels: bool = True) -> dict[str, Any]:
+        """One slice: image 3×S×S (0–255), masks K×S×S bool, labels K, ids and its cache key.
+        pixels=False leaves the image out (no decode, no resize): for a slice whose embedding
+        is cached, only the targets are needed. Not with augmentation, which moves the masks
+        with the pixels."""
+        if not pixels and self.augment is not None:
+            raise ValueError("SliceDataset.item(pixels=False) with augmentation: the masks "
+                             "move with the pixels, so the image must be decoded")
         rec, anns = self.records[index], self.annotations[index]
         path = self.split_dir / "images" / rec["file_name"]
         raw = path.read_bytes()
         with Image.open(io.BytesIO(raw)) as img:
-            if img.mode not in ("L", "RGB"):
-                img = img.convert("RGB")
-            pixels = np.asarray(img)
-        if pixels.ndim == 2:
-            pixels = np.repeat(pixels[..., None], 3, axis=2)
-        h, w = pixels.shape[:2]
+            w, h = img.size  # the header only; the pixels are decoded next if wanted
+            if pixels:
+                image = np.asarray(img if img.mode in ("L", "RGB") else img.convert("RGB"))
         masks = _decode_masks(anns, h, w, path)
         nh, nw = (rec.get("transform") or {}).get("resized_shape", (h, w))
-        pixels, masks = pixels[:nh, :nw], masks[:, :nh, :nw]  # convert's padding is not content
-        if self.augment is not None:
-            gen = slice_generator(self.seed, self.epoch, index)
-            pixels, masks, kept = augment_slice(pixels, masks, self.augment, gen)
-            anns = [a for a, k in zip(anns, kept.tolist()) if k]
-        image = resize_to_model(self.preprocessing, np.ascontiguousarray(pixels), self.img_size)
+        masks = masks[:, :nh, :nw]  # convert's padding is not content
+        if pixels:
+            image = image[:nh, :nw]
+            if image.ndim == 2:
+                image = np.repeat(image[..., None], 3, axis=2)
+            if self.augment is not None:
+                gen = slice_generator(self.seed, self.epoch, index)
+                image, masks, kept = augment_slice(image, masks, self.augment, gen)
+                anns = [a for a, k in zip(anns, kept.tolist()) if k]
+            image = resize_to_model(self.preprocessing, np.ascontiguousarray(image),
+                                    self.img_size)
         masks = masks_to_model(self.preprocessing, masks, self.img_size)
         kept = masks.flatten(1).any(1)  # a component too small for the model grid is gone
         if not bool(kept.all()):
             masks, anns = masks[kept], [a for a, k in zip(anns, kept.tolist()) if k]
         labels = torch.tensor([a["category_id"] for a in anns], dtype=torch.int64)
-        return {"image": image, "masks": masks, "labels": labels, "image_id": int(rec["id"]),
-                "case_id": str(rec.get("case_id", "")), "key": self.key(index, raw)}
+        out = {"masks": masks, "labels": labels, "image_id": int(rec["id"]),
+               "case_id": str(rec.get("case_id", "")), "key": self.key(index, raw)}
+        return {"image": image, **out} if pixels else out
 
 
 def _read_annotations(path: Path) -> tuple[list[dict], list[list[dict]], dict[int, str]]:
@@ -207,17 +220,18 @@ def _decode_masks(anns: list[dict], h: int, w: int, image_path: Path) -> torch.T
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Items → the loop's batch: images B×3×S×S, masks (list of K_b×S×S bool), labels (list of
-    K_b), image_ids, case_ids, keys, and `embeddings` (Embeddings, batch B) when items have them.
-    """
+    """Items → the loop's batch: images B×3×S×S (absent when the items carry none: cached
+    embeddings stand in), masks (list of K_b×S×S bool), labels (list of K_b), image_ids,
+    case_ids, keys, and `embeddings` (Embeddings, batch B) when items have them."""
     batch: dict[str, Any] = {
-        "images": torch.stack([it["image"] for it in items]),
         "masks": [it["masks"] for it in items],
         "labels": [it["labels"] for it in items],
         "image_ids": [it["image_id"] for it in items],
         "case_ids": [it["case_id"] for it in items],
         "keys": [it["key"] for it in items],
     }
+    if all("image" in it for it in items):
+        batch["images"] = torch.stack([it["image"] for it in items])
     if all("embeddings" in it for it in items):
         embs: list[Embeddings] = [it["embeddings"] for it in items]
         batch["embeddings"] = Embeddings(torch.cat([e.image for e in embs]),

@@ -13,9 +13,7 @@ step (~45 ms), so ~1.7×; for the tiny test models it saves nothing. An entry is
     slice       the dataset's key: fingerprint / split / image id / sha256 of the PNG bytes
 
 Layout: `root/<weights[:16]>-<preprocess[:16]>/meta.json` (what the folder holds) and
-`…/<xx>/<sha256(slice key)>.pt`, each `torch.save({"image": C×h×w, "high_res": [levels]})` in
-fp16 (tensors only; read with `weights_only=True`, memory-mapped: no read into a buffer before
-the cast), written to a temporary file and renamed.
+`…/shards/*.pt`, many slices per file in fp16, memory-mapped (`samtune.train.embedding_store`).
 Embeddings handed out are always the fp16-rounded values cast back to float32, so the first
 epoch (computed) and later ones (read) see identical inputs.
 """
@@ -32,9 +30,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from samtune.atomic import atomic_write, atomic_write_text
+from samtune.atomic import atomic_write_text
 from samtune.models.base import Embeddings, PromptableModel
 from samtune.models.normalization import normalize
+from samtune.train.embedding_store import EmbeddingStore
 
 __all__ = ["EmbeddingCache", "EmbeddingStore", "CachedEmbeddingDataset", "weights_hash",
            "preprocess_key", "encoder_state", "encoder_is_frozen", "with_embeddings",
@@ -88,39 +87,6 @@ def encoder_is_frozen(model: PromptableModel) -> bool:
     return not any(getattr(t, "requires_grad", False) for t in encoder_state(model).values())
 
 
-class EmbeddingStore:
-    """The files of one (weights, preprocess) folder; no model, so DataLoader workers can read."""
-
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
-
-    def path(self, key: str) -> Path:
-        digest = hashlib.sha256(key.encode()).hexdigest()
-        return self.folder / digest[:2] / f"{digest}.pt"
-
-    def load(self, key: str, dtype: torch.dtype = torch.float32) -> Embeddings | None:
-        """The stored embedding of one slice (batch 1), or None if absent or unreadable."""
-        path = self.path(key)
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except FileNotFoundError:
-            return None
-        except Exception as exc:  # truncated/corrupt file: recompute rather than fail a run
-            logger.warning("%s: unreadable cached embedding (%s); recomputing", path, exc)
-            return None
-        return Embeddings(data["image"][None].to(dtype),
-                          [h[None].to(dtype) for h in data["high_res"]], bool(data.get("raw")))
-
-    def save(self, key: str, emb: Embeddings) -> None:
-        """Write one slice's embedding (batch 1) as fp16, atomically (temp file + rename)."""
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = {"image": emb.image[0].detach().to("cpu", torch.float16).clone(),
-                "high_res": [h[0].detach().to("cpu", torch.float16).clone() for h in emb.high_res],
-                "raw": emb.raw}
-        atomic_write(path, lambda f: torch.save(data, f))
-
-
 class EmbeddingCache:
     """Cache of `model.encode` outputs for one model's encoder weights and one preprocessing.
 
@@ -148,10 +114,12 @@ class EmbeddingCache:
     def folder(self) -> Path:
         return self.store.folder
 
-    def get_or_compute(self, images: torch.Tensor, keys: Sequence[str]) -> Embeddings:
+    def get_or_compute(self, images: torch.Tensor, keys: Sequence[str],
+                       flush: bool = True) -> Embeddings:
         """images B×3×S×S (normalised, on the model's device) + B slice keys → Embeddings
         (batch B, float32, on images' device). Misses are encoded together in one batch under
-        no_grad with the model in eval mode, and written; hits are read."""
+        no_grad with the model in eval mode and stored (written now if `flush`, else with the
+        next full shard or `store.flush()`); hits are read."""
         if len(keys) != images.shape[0]:
             raise ValueError(f"{len(keys)} keys for {images.shape[0]} images")
         found = [self.store.load(k) for k in keys]
@@ -168,8 +136,10 @@ class EmbeddingCache:
                 self.model.train(was_training)
             for j, i in enumerate(missing):
                 one = emb.select(j)
-                self.store.save(keys[i], one)
+                self.store.save(keys[i], one, flush=False)
                 found[i] = one.to("cpu", torch.float16).to("cpu", torch.float32)
+            if flush:
+                self.store.flush()
         out = _cat(found)  # type: ignore[arg-type]
         return out.to(images.device, torch.float32)
 
@@ -178,22 +148,26 @@ class EmbeddingCache:
               device: torch.device | str | None = None) -> dict[str, float]:
         """Encode every slice of `dataset` not yet cached (a SliceDataset: items with "image"
         0–255 and "key") with the model on `device` (it is moved there; None: where it is);
-        returns {"slices", "computed", "seconds"}. A hit costs hashing its PNG and a file stat."""
+        returns {"slices", "computed", "seconds"}. A hit costs hashing its PNG; the shards are
+        written as they fill, and the last one before returning."""
         if device is not None:
             self.model.to(device)
         t0, computed = time.perf_counter(), 0
         key_of = getattr(dataset, "key", None)  # SliceDataset.key: hash the PNG, decode nothing
         batch: list[dict[str, Any]] = []
-        for i in range(len(dataset)):  # type: ignore[arg-type]
-            item = None if callable(key_of) else dataset[i]
-            if self.store.path(key_of(i) if item is None else item["key"]).is_file():
-                continue
-            batch.append(dataset[i] if item is None else item)
-            if len(batch) == batch_size:
+        try:
+            for i in range(len(dataset)):  # type: ignore[arg-type]
+                item = None if callable(key_of) else dataset[i]
+                if (key_of(i) if item is None else item["key"]) in self.store:
+                    continue
+                batch.append(dataset[i] if item is None else item)
+                if len(batch) == batch_size:
+                    computed += self._encode_items(batch, normalize)
+                    batch = []
+            if batch:
                 computed += self._encode_items(batch, normalize)
-                batch = []
-        if batch:
-            computed += self._encode_items(batch, normalize)
+        finally:
+            self.store.flush()
         seconds = time.perf_counter() - t0
         logger.info("embedding cache %s: %d slices, %d computed in %.1f s", self.folder,
                     len(dataset), computed, seconds)  # type: ignore[arg-type]
@@ -204,7 +178,7 @@ class EmbeddingCache:
         param = next(self.model.parameters())
         images = normalize(torch.stack([it["image"] for it in items]).to(param.device))
         images = images.to(param.dtype)
-        self.get_or_compute(images, [it["key"] for it in items])
+        self.get_or_compute(images, [it["key"] for it in items], flush=False)
         return len(items)
 
 
@@ -215,10 +189,11 @@ def _cat(embs: Sequence[Embeddings]) -> Embeddings:
 
 
 class CachedEmbeddingDataset(Dataset):
-    """A slice dataset whose items also carry `embeddings` (Embeddings, batch 1, float32) read
-    from the cache, so `collate` adds `batch["embeddings"]` and the loop runs only the prompt
-    encoder and decoder. Build the cache first (`EmbeddingCache.build`); a slice that is not
-    cached raises KeyError. Holds only the store, so it is safe in DataLoader workers."""
+    """A slice dataset whose items carry `embeddings` (Embeddings, batch 1, float32) read from
+    the cache instead of the image (a SliceDataset's pixels are not decoded), so `collate` adds
+    `batch["embeddings"]` and the loop runs only the prompt encoder and decoder. Build the cache
+    first (`EmbeddingCache.build`); a slice that is not cached raises KeyError. Holds only the
+    store, so it is safe in DataLoader workers."""
 
     def __init__(self, dataset: Dataset, cache: EmbeddingCache | EmbeddingStore):
         self.dataset = dataset
@@ -229,8 +204,13 @@ class CachedEmbeddingDataset(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        item = self.dataset[index]
+        item_of = getattr(self.dataset, "item", None)  # SliceDataset: targets, no pixels
+        pixel_free = callable(item_of) and getattr(self.dataset, "augment", None) is None
+        item = item_of(index, pixels=False) if pixel_free else self.dataset[index]
         emb = self.store.load(item["key"])
+        if emb is None:  # written by another process since this one indexed the folder?
+            self.store.refresh()
+            emb = self.store.load(item["key"])
         if emb is None:
             raise KeyError(f"slice {item['key']} is not in the embedding cache {self.store.folder};"
                            " run EmbeddingCache.build(dataset, …) first")

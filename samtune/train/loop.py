@@ -47,8 +47,8 @@ from samtune.train import state as ckpt
 from samtune.train.bookkeeping import all_finite, epoch_metrics, fresh_run, zero_sums
 from samtune.train.optim import LRSchedule, build_optimizer, build_scheduler
 from samtune.train.speedups import apply_speedups
-from samtune.train.step import (batch_loss, count_batches, epoch_batches, make_normalizer,
-                                validate_sums)
+from samtune.train.step import (batch_loss, count_batches, epoch_batches, loader_workers,
+                                make_normalizer, validate_sums)
 
 __all__ = ["TrainResult", "train"]
 logger = logging.getLogger(__name__)
@@ -115,6 +115,7 @@ def _train(model: PromptableModel, train_data: Dataset | Iterable[dict[str, Any]
     optimizer = build_optimizer(model.parameters(), cfg.optimizer, cfg.optimizer_kwargs)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     n_batches = count_batches(train_data, cfg.batch_size * ctx.world_size)  # global batches
+    workers = loader_workers(cfg.num_workers, device, ctx.world_size)
     steps_per_epoch = math.ceil(n_batches / cfg.grad_accum)
     # The schedule's length comes from `epochs`; `max_steps` only cuts the run short (so a run
     # stopped at max_steps and resumed follows the uninterrupted run's lr exactly).
@@ -169,7 +170,7 @@ def _train(model: PromptableModel, train_data: Dataset | Iterable[dict[str, Any]
             sums = run["epoch_sums"]
             t0, seen, lr, window_losses = time.perf_counter(), 0, schedule.lrs(run["step"])[0], 0
             batches = epoch_batches(train_data, cfg.batch_size, cfg.seed, epoch, skip,
-                                    num_workers=cfg.num_workers, rank=ctx.rank,
+                                    num_workers=workers, rank=ctx.rank,
                                     world_size=ctx.world_size,
                                     pin_memory=device.type == "cuda")
             bar = tqdm(batches, total=n_batches, initial=skip, leave=False,
@@ -179,7 +180,7 @@ def _train(model: PromptableModel, train_data: Dataset | Iterable[dict[str, Any]
                 window = min(cfg.grad_accum, n_batches - i // cfg.grad_accum * cfg.grad_accum)
                 parts, n = batch_loss(model, batch, cfg, norm, prompt_rng, device)
                 pooled = ddp.pool_loss(parts, n, ctx, device)  # over all ranks' instances
-                seen += len(batch["images"])
+                seen += len(batch["masks"])
                 if pooled is not None:
                     if not math.isfinite(pooled.total):
                         stopped = "nan"

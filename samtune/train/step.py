@@ -8,6 +8,7 @@ draws the same prompts on any device.
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import nullcontext
 from itertools import islice
 from typing import Any, Callable, ContextManager, Iterable, Iterator
@@ -51,7 +52,7 @@ def local_part(n: int, rank: int, world_size: int) -> slice:
 
 def _local_batch(batch: Batch, rank: int, world_size: int) -> Batch:
     """This rank's part of a ready (collated) batch: tensors, lists and Embeddings sliced."""
-    n = len(batch["images"])
+    n = len(batch["masks"])
     part = local_part(n, rank, world_size)
     out = {}
     for key, value in batch.items():
@@ -141,6 +142,10 @@ def embed(model: PromptableModel, batch: Batch, norm: Callable[[torch.Tensor], t
         if frozen:
             return batch["embeddings"].to(device, dtype)
         logger.debug("batch carries cached embeddings but the encoder trains; encoding")
+    if "images" not in batch:
+        raise ValueError("the batch carries no images (items of a CachedEmbeddingDataset) and "
+                         "the image encoder trains: train on the dataset itself, not its "
+                         "cached form")
     images = norm(batch["images"].to(device, dtype, non_blocking=True))
     if frozen:
         with torch.no_grad():
@@ -182,7 +187,7 @@ def predict_instances(model: PromptableModel, emb: Embeddings, batch: Batch, cfg
     ious = [torch.cat([iou for _, iou in r]) for r in rounds]
     targets = [torch.cat([m for _, m, _ in groups]).to(device)] * len(rounds) if rounds else []
     if not logits:
-        spatial = tuple(batch["images"].shape[2:])  # S×S, or S×S×S for a 3D model's crops
+        spatial = tuple(batch["masks"][0].shape[1:])  # S×S, or S×S×S for a 3D model's crops
         m = 3 if cfg.multimask else 1
         return (torch.zeros(0, m, *spatial, device=device), torch.zeros(0, m, device=device),
                 torch.zeros(0, *spatial, dtype=torch.bool, device=device))
@@ -243,6 +248,16 @@ def validate(model: PromptableModel, data: Dataset | Iterable[Batch], cfg: Train
 
 
 @torch.no_grad()
+def loader_workers(setting: int | str, device: torch.device, world_size: int = 1) -> int:
+    """`train.num_workers` → a count: an int as given; "auto" → 0 on the CPU (workers would take
+    the cores the step runs on), min(4, cores // (2·world_size)) on CUDA, at least 1."""
+    if setting != "auto":
+        return int(setting)
+    if device.type != "cuda":
+        return 0
+    return max(1, min(4, (os.cpu_count() or 2) // (2 * world_size)))
+
+
 def validate_sums(model: PromptableModel, data: Dataset | Iterable[Batch], cfg: TrainConfig,
                   norm: Callable[[torch.Tensor], torch.Tensor],
                   device: torch.device) -> tuple[float, int]:
@@ -256,7 +271,7 @@ def validate_sums(model: PromptableModel, data: Dataset | Iterable[Batch], cfg: 
     dices = []
     try:
         for batch in epoch_batches(data, cfg.batch_size, cfg.seed, 0, shuffle=False,
-                                   num_workers=cfg.num_workers):
+                                   num_workers=loader_workers(cfg.num_workers, device)):
             with autocast(device, cfg.amp):
                 emb = embed(model, batch, norm, device)
                 logits, iou, target = predict_instances(model, emb, batch, box_only, generator,

@@ -30,6 +30,7 @@ from samtune.models.base import Embeddings, PromptableModel
 from samtune.train import ddp
 from samtune.train import state as ckpt
 from samtune.train.bookkeeping import peak_memory_mb
+from samtune.train.embedding_store import EmbeddingStore
 from samtune.train.loop import train
 from samtune.train import ddp_worker
 from samtune.train.step import EMPTY_BATCH, batch_order, epoch_batches
@@ -205,7 +206,9 @@ def test_worker_trains_on_an_export(ranks) -> None:
     assert sorted(p.name for p in (out / "bundle" / "checkpoints").iterdir()) == ["best.pt",
                                                                                 "last.pt"]
     assert "rank1 INFO" in (out / "rank1.log").read_text()  # its own log, not stderr
-    assert len(list((out / "cache").rglob("*.pt"))) == 8  # each slice encoded once, shared
+    folders = [f for f in (out / "cache").iterdir() if f.is_dir()]
+    assert sum(len(EmbeddingStore(f)) for f in folders) == 8  # each slice encoded once, shared
+    assert len(list((out / "cache").rglob("shards/*.pt"))) <= 4  # a shard per rank and split
 
 
 def test_run_distributed_replays_events_and_reports_a_failed_rank(

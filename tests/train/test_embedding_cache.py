@@ -12,8 +12,9 @@ from samtune.models.base import PromptableModel, Prompts
 from samtune.models.registry import build_architecture
 from samtune.train.data import SliceDataset, collate, make_loader, normalize
 from samtune.train.embedding_cache import (CachedEmbeddingDataset, EmbeddingCache,
-                                           cache_embeddings, encoder_is_frozen, encoder_state,
-                                           preprocess_key, weights_hash, with_embeddings)
+                                           EmbeddingStore, cache_embeddings, encoder_is_frozen,
+                                           encoder_state, preprocess_key, weights_hash,
+                                           with_embeddings)
 from tests.train.test_data import make_slices, write_split
 
 S = 64
@@ -26,7 +27,8 @@ def tiny(seed: int = 0, size: int = S) -> PromptableModel:
 
 
 def count_files(cache: EmbeddingCache) -> int:
-    return len(list(cache.folder.rglob("*.pt")))
+    """Slices stored (in the shards on disk: a fresh store reads the folder)."""
+    return len(EmbeddingStore(cache.folder))
 
 
 def test_weights_hash_is_deterministic_and_sensitive():
@@ -54,8 +56,11 @@ def test_get_or_compute_misses_then_hits_with_identical_values(tmp_path):
     again = cache.get_or_compute(images[[2, 0]], ["c", "a"])
     assert (cache.misses, cache.hits) == (3, 2)
     assert torch.equal(again.image, first.image[[2, 0]])  # read == computed, bit for bit
-    stored = torch.load(cache.store.path("a"), map_location="cpu", weights_only=True)
-    assert stored["image"].dtype == torch.float16 and stored["high_res"] == []
+    shard = cache.store.shard_of("a")
+    stored = torch.load(shard, map_location="cpu", weights_only=True)["entries"]
+    assert len(stored) == 3 and shard == cache.store.shard_of("c")  # one shard for the batch
+    (entry,) = [e for e in stored.values() if torch.equal(e["image"].float(), first.image[0])]
+    assert entry["image"].dtype == torch.float16 and entry["high_res"] == []
     mixed = cache.get_or_compute(images[[1, 0]], ["b", "new"])  # only "new" is encoded
     assert (cache.misses, cache.hits) == (4, 3) and torch.equal(mixed.image[0], first.image[1])
     assert torch.allclose(mixed.image[1], first.image[0], atol=1e-2)  # batch 1 vs 3: ~1 ulp
@@ -152,14 +157,20 @@ def test_cached_dataset_and_with_embeddings(tmp_path):
         CachedEmbeddingDataset(ds, cache)[0]
     stats = cache.build(ds, 2, norm)
     assert stats["slices"] == 5 and stats["computed"] == 5 and model.training  # mode restored
+    assert len(list(cache.store.shard_dir.glob("*.pt"))) == 1  # three encode batches, one file
     loader = make_loader(CachedEmbeddingDataset(ds, cache), 3, shuffle=False)
     batch = next(iter(loader))
+    plain = collate([ds[i] for i in range(3)])
     assert batch["embeddings"].image.shape == (3, 64, 4, 4)
+    assert "images" not in batch  # the embeddings stand in: no pixels decoded or collated
+    assert all(torch.equal(a, b) for a, b in zip(batch["masks"], plain["masks"]))
+    assert batch["keys"] == plain["keys"] and batch["labels"][0].tolist() == \
+        plain["labels"][0].tolist()
     with torch.no_grad():
         model.eval()
-        exact = model.encode(norm(batch["images"])).image
+        exact = model.encode(norm(plain["images"])).image
     assert torch.allclose(batch["embeddings"].image, exact, atol=2e-2, rtol=1e-2)
-    plain = with_embeddings(collate([ds[i] for i in range(3)]), cache, norm)
+    plain = with_embeddings(plain, cache, norm)
     assert torch.equal(plain["embeddings"].image, batch["embeddings"].image)
 
 
@@ -167,9 +178,11 @@ def test_corrupt_file_is_recomputed(tmp_path):
     cache = EmbeddingCache(tmp_path, tiny(), preprocess_key(S, *IMAGENET))
     images = torch.randn(1, 3, S, S)
     good = cache.get_or_compute(images, ["k"])
-    cache.store.path("k").write_bytes(b"truncated")
-    assert torch.equal(cache.get_or_compute(images, ["k"]).image, good.image)
-    assert cache.misses == 2 and not list(cache.folder.rglob("*.tmp"))
+    cache.store.shard_of("k").write_bytes(b"truncated")
+    again = EmbeddingCache(tmp_path, tiny(), preprocess_key(S, *IMAGENET))  # a later run
+    assert torch.equal(again.get_or_compute(images, ["k"]).image, good.image)
+    assert again.misses == 1 and not list(cache.folder.rglob("*.tmp"))
+    assert EmbeddingStore(cache.folder).load("k") is not None  # the shard was written anew
 
 
 def test_encoder_is_frozen():
@@ -192,8 +205,9 @@ def test_cache_embeddings_only_when_enabled_and_frozen(tmp_path):
     cached = cache_embeddings(ds, model, tmp_path / "c", batch_size=2)
     assert isinstance(cached, CachedEmbeddingDataset) and cached.normalization == ds.normalization
     item = cached[1]
+    assert "image" not in item and torch.equal(item["masks"], ds[1]["masks"])
     with torch.no_grad():
-        exact = model.encode(normalize(item["image"][None], (10.0,) * 3, (20.0,) * 3)).image
+        exact = model.encode(normalize(ds[1]["image"][None], (10.0,) * 3, (20.0,) * 3)).image
     assert torch.allclose(item["embeddings"].image, exact, atol=1e-2, rtol=1e-2)
     folder = next(p for p in (tmp_path / "c").iterdir())
     meta = json.loads((folder / "meta.json").read_text())
