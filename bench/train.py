@@ -400,7 +400,7 @@ def main() -> None:
                                                 args.device, Path(t) / name)
             result["instances"][name] = bench_instances(name, args.reps, device)
         if args.quick:  # the ViT-B figure at a smaller input: same architecture, fewer slices
-            result["cache"]["sam_vit_b"] = bench_cache("sam_vit_b", vit_slices, (3, 4),
+            result["cache"]["sam_vit_b"] = bench_cache("sam_vit_b", vit_slices, (3, 8),
                                                        args.batch, args.device,
                                                        Path(t) / "vit_b", img_size=speed_size)
         result["speedup"] = bench_speedup(args.speed_model, speed_size, vit_slices,
