@@ -6,7 +6,8 @@ the cost does not depend on the values; --checkpoint loads one if wanted).
   (a) volume: the evaluation path of samtune.eval.volume_eval for one volume, timed per stage:
       load the NIfTI pair (samtune.data.io.load_volume) → SliceGrid → ground-truth instances →
       predict_with_gt_prompts (one encoder pass per slice, one box per instance, batch
-      --batch) → reassemble on the source grid. slices/s = slices predicted / total seconds.
+      --batch, a batch's instances in one decoder call) → reassemble on the source grid.
+      slices/s = slices predicted / total seconds.
   (b) prompts: encoder alone for a batch of --batch slices (SlicePredictor.encode: resize,
       normalise, encode) → seconds per slice; then decode one slice's embedding with N = 1, 2,
       4, 8, 16 box prompts (SlicePredictor.decode: decode + upsample to the slice grid +

@@ -50,25 +50,34 @@ def predict_with_gt_prompts(predictor: SlicePredictor, grid: SliceGrid,
                             instances: dict[int, Instances], prompt_cfg: PromptConfig, *,
                             batch_size: int = 8, seed: int = 0) -> dict[int, np.ndarray]:
     """Every slice holding ground-truth instances, prompted from them (one box / point set per
-    instance, all decoded against the slice's one embedding) → canonical slice → S×S label map.
+    instance, each decoded against its slice's embedding) → canonical slice → S×S label map.
+    `batch_size` slices per encoder call, and their instances in one decoder call.
     Prompt jitter (prompt_cfg.bbox_shift) is drawn from a generator seeded with `seed`."""
     generator = torch.Generator().manual_seed(seed)
     predictor = predictor.on(grid)
     out: dict[int, np.ndarray] = {}
     with torch.inference_mode():
-        for emb, b, k in embedded_slices(predictor, grid, sorted(instances), batch_size):
-            inst = instances[k]
-            probs = predictor.decode(emb, b, inst.masks, prompt_cfg, generator)
-            out[k] = label_slice(probs, inst.labels, predictor.slice_size)
+        for emb, batch in encoded_batches(predictor, grid, sorted(instances), batch_size):
+            probs = predictor.decode_slices(
+                emb, [(b, instances[k].masks) for b, k in enumerate(batch)], prompt_cfg,
+                generator)
+            for k, p in zip(batch, probs):
+                out[k] = label_slice(p, instances[k].labels, predictor.slice_size)
     return out
+
+
+def encoded_batches(predictor: SlicePredictor, grid: SliceGrid, keys: Sequence[int],
+                    batch_size: int) -> Iterator[tuple[Embeddings | None, list[int]]]:
+    """The canonical slices `keys` encoded `batch_size` at a time → (the batch's embeddings,
+    its slice keys) (embeddings None for the oracle)."""
+    for start in range(0, len(keys), batch_size):
+        batch = list(keys[start:start + batch_size])
+        yield predictor.encode(grid.images(batch)), batch
 
 
 def embedded_slices(predictor: SlicePredictor, grid: SliceGrid, keys: Sequence[int],
                     batch_size: int) -> Iterator[tuple[Embeddings | None, int, int]]:
-    """The canonical slices `keys` encoded `batch_size` at a time → (the batch's embeddings,
-    index b in it, slice key) per slice (embeddings None for the oracle)."""
-    for start in range(0, len(keys), batch_size):
-        batch = list(keys[start:start + batch_size])
-        emb = predictor.encode(grid.images(batch))
+    """`encoded_batches` a slice at a time: (the batch's embeddings, index b in it, key)."""
+    for emb, batch in encoded_batches(predictor, grid, keys, batch_size):
         for b, k in enumerate(batch):
             yield emb, b, k

@@ -30,6 +30,7 @@ from samtune.data.render import SliceGrid
 from samtune.models.base import Embeddings, PromptableModel, Prompts
 from samtune.models.normalization import normalize
 from samtune.models.oracle import answer as oracle_answer
+from samtune.models.pooled_decode import decode_many
 from samtune.models.preprocess import (
     Preprocessing,
     coord_scale,
@@ -113,6 +114,26 @@ class SlicePredictor:
             out.boxes = b
         if prompts.points is not None:
             out.points = prompts.points.float() * torch.tensor([sx, sy], device=self.device)
+        return out
+
+    def decode_slices(self, emb: Embeddings | None, items: Sequence[tuple[int, np.ndarray]],
+                      prompt_cfg: PromptConfig, generator: torch.Generator) -> list[np.ndarray]:
+        """[(b, ground truth K_i×S×S of slice b), …] of one encoded batch → per item K_i×S×S
+        probabilities, as `decode` gives each (prompts drawn in item order), with the
+        instances of all items decoded together (`decode_many`: one mask-decoder call where
+        the family allows)."""
+        if self.is_oracle:
+            return [self.decode(emb, b, gt, prompt_cfg, generator) for b, gt in items]
+        prompts = [self.to_model_prompts(_to_device(make_prompts(
+            torch.from_numpy(np.ascontiguousarray(gt)), prompt_cfg, generator), self.device))
+            for _, gt in items]
+        decoded = decode_many(self.model, emb, [(b, p) for (b, _), p in zip(items, prompts)],
+                              prompt_cfg.multimask)
+        out = []
+        for logits, iou in decoded:
+            if logits.shape[1] > 1:
+                logits, _ = select_best(logits, iou)
+            out.append(self.to_slice_grid(logits).cpu().numpy())
         return out
 
     def to_slice_grid(self, low_res: torch.Tensor) -> torch.Tensor:
