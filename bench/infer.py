@@ -146,7 +146,8 @@ def bench_prompts(predictor: "SlicePredictor", slice_size: int, batch: int, repe
         jobs: dict[str, Callable[[], Any]] = {"encode": lambda: predictor.encode(u8)}
         for n in COUNTS:
             jobs[f"path{n}"] = lambda n=n: predictor.decode(emb, 0, None, cfg, gen, boxes=boxes[n])
-            model_boxes = torch.as_tensor(boxes[n], device=device) * predictor.scale
+            model_boxes = predictor.to_model_prompts(
+                Prompts(boxes=torch.as_tensor(boxes[n], device=device))).boxes
             jobs[f"model{n}"] = lambda b=model_boxes: predictor.model.decode(emb, 0,
                                                                              Prompts(boxes=b))
         times: dict[str, list[float]] = {k: [] for k in jobs}
