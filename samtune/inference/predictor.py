@@ -124,17 +124,9 @@ class SlicePredictor:
         the family allows)."""
         if self.is_oracle:
             return [self.decode(emb, b, gt, prompt_cfg, generator) for b, gt in items]
-        prompts = [self.to_model_prompts(_to_device(make_prompts(
-            torch.from_numpy(np.ascontiguousarray(gt)), prompt_cfg, generator), self.device))
-            for _, gt in items]
-        decoded = decode_many(self.model, emb, [(b, p) for (b, _), p in zip(items, prompts)],
-                              prompt_cfg.multimask)
-        out = []
-        for logits, iou in decoded:
-            if logits.shape[1] > 1:
-                logits, _ = select_best(logits, iou)
-            out.append(self.to_slice_grid(logits).cpu().numpy())
-        return out
+        prompts = [(b, self._gt_prompts(gt, prompt_cfg, generator)) for b, gt in items]
+        return [self._probabilities(logits, iou) for logits, iou in
+                decode_many(self.model, emb, prompts, prompt_cfg.multimask)]
 
     def to_slice_grid(self, low_res: torch.Tensor) -> torch.Tensor:
         """N×1×s'×s' low-res logits → N×S×S probabilities on the slice grid (the family's
@@ -163,15 +155,24 @@ class SlicePredictor:
                 raise ValueError("the oracle model needs ground-truth masks for its prompts")
             return oracle_answer(gt, self.model.img_size)
         if boxes is not None:
-            prompts = Prompts(boxes=torch.as_tensor(boxes, dtype=torch.float32,
-                                                    device=self.device))
+            prompts = self.to_model_prompts(Prompts(boxes=torch.as_tensor(
+                boxes, dtype=torch.float32, device=self.device)))
         elif gt is not None:
-            prompts = make_prompts(torch.from_numpy(np.ascontiguousarray(gt)), prompt_cfg,
-                                   generator)
+            prompts = self._gt_prompts(gt, prompt_cfg, generator)
         else:
             raise ValueError("decode needs ground-truth masks or boxes")
-        prompts = self.to_model_prompts(_to_device(prompts, self.device))
-        logits, iou = self.model.decode(emb, b, prompts, multimask=prompt_cfg.multimask)
+        return self._probabilities(*self.model.decode(emb, b, prompts,
+                                                      multimask=prompt_cfg.multimask))
+
+    def _gt_prompts(self, gt: np.ndarray, prompt_cfg: PromptConfig,
+                    generator: torch.Generator) -> Prompts:
+        """K×S×S ground truth (slice grid) → its prompts in model-grid coordinates."""
+        prompts = make_prompts(torch.from_numpy(np.ascontiguousarray(gt)), prompt_cfg, generator)
+        return self.to_model_prompts(_to_device(prompts, self.device))
+
+    def _probabilities(self, logits: torch.Tensor, iou: torch.Tensor) -> np.ndarray:
+        """Decoder output (N×M low-res logits, N×M IoU) → N×S×S probabilities on the slice
+        grid, the best of M by predicted IoU."""
         if logits.shape[1] > 1:
             logits, _ = select_best(logits, iou)
         return self.to_slice_grid(logits).cpu().numpy()

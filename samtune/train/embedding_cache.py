@@ -135,9 +135,8 @@ class EmbeddingCache:
             finally:
                 self.model.train(was_training)
             for j, i in enumerate(missing):
-                one = emb.select(j)
-                self.store.save(keys[i], one, flush=False)
-                found[i] = one.to("cpu", torch.float16).to("cpu", torch.float32)
+                self.store.save(keys[i], emb.select(j), flush=False)
+                found[i] = self.store.load(keys[i])  # the stored fp16 values, as a hit reads
             if flush:
                 self.store.flush()
         out = _cat(found)  # type: ignore[arg-type]

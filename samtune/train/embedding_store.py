@@ -5,9 +5,9 @@ One (weights, preprocess) folder holds `shards/<name>.pt`, each a `torch.save` o
 "raw": bool}}}` in fp16, written whole to a temporary file and renamed, so a shard is complete or
 absent. A shard is filled up to `shard_bytes` (256 MiB: ~128 ViT-B slices at 1024, ~512 at 512)
 before it is written; its name is a hash of its slice digests, so two processes that encode the
-same slices write the same file. Reading maps each shard once per process (`torch.load(mmap=
-True, weights_only=True)`) and hands out views: a slice costs its fp16→fp32 cast, with no file
-open, no read into a buffer and no unpickling per slice. The index (digest → shard) is built
+same slices write the same file. Reading maps each shard once per process (memory-mapped,
+tensors only) and hands out views: a slice costs its fp16→fp32 cast, with no
+file open, no read into a buffer and no unpickling per slice. The index (digest → shard) is built
 by scanning the folder on first use and kept up to date by this process's own writes;
 `refresh()` picks up shards other processes wrote.
 

@@ -247,7 +247,6 @@ def validate(model: PromptableModel, data: Dataset | Iterable[Batch], cfg: Train
     return total / count if count else float("nan")
 
 
-@torch.no_grad()
 def loader_workers(setting: int | str, device: torch.device, world_size: int = 1) -> int:
     """`train.num_workers` → a count: an int as given; "auto" → 0 on the CPU (workers would take
     the cores the step runs on), min(4, cores // (2·world_size)) on CUDA, at least 1."""
@@ -258,6 +257,7 @@ def loader_workers(setting: int | str, device: torch.device, world_size: int = 1
     return max(1, min(4, (os.cpu_count() or 2) // (2 * world_size)))
 
 
+@torch.no_grad()
 def validate_sums(model: PromptableModel, data: Dataset | Iterable[Batch], cfg: TrainConfig,
                   norm: Callable[[torch.Tensor], torch.Tensor],
                   device: torch.device) -> tuple[float, int]:
