@@ -15,8 +15,9 @@ val off); epoch times are the loop's own `samples_per_s`.
       slope over N (one more instance) ÷ encoder time.
   (d) speedup: samtune's full fine-tune (real loop) vs MedSAM's train_one_gpu.py loop
       (bench/medsam_reference.py: one sample per instance, no cache) on the same slices,
-      prompts and loss, epochs alternating; speedup = reference epoch ÷ samtune epoch (medians
-      after the first). --quick (≤ 10 min on 2 idle CPU cores): sam_tiny for (a)–(c), plus the
+      prompts and loss, epochs alternating (a reference epoch after each of samtune's, from the
+      loop's epoch callback); speedup = reference epoch ÷ samtune epoch (medians after the
+      first). --quick (≤ 10 min on 2 idle CPU cores): sam_tiny for (a)–(c), plus the
       ViT-B cache ratio and (d) at 512 px on 4 slices (CUDA: 1024 px, 8 slices).
   (e) 3D: bench/train3d.py for --model-3d (default sam_med3d_turbo at 128³) in a subprocess:
       samples/s with 0 and 5 click rounds, one round ÷ encoder fwd+bwd, peak memory.
@@ -42,81 +43,13 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.flops import mfu, train_flops_per_sample  # noqa: E402
+from bench.speedup import bench_speedup  # noqa: E402
+from bench.training_setup import LOOP, build, epoch_times, item_ms, run_loop, steady, \
+    write_slices  # noqa: E402
+
 logger = logging.getLogger("bench.train")
 METHODS = ("full", "frozen", "frozen_cached", "lora")
-
-
-def write_slices(split_dir: Path, n: int, size: int, seed: int = 0) -> Path:
-    """n synthetic size×size grey slices with 1–4 elliptic blobs each, as an export split."""
-    from PIL import Image
-    from pycocotools import mask as mask_utils
-
-    rng = np.random.default_rng(seed)
-    (split_dir / "images").mkdir(parents=True, exist_ok=True)
-    yy, xx = np.mgrid[:size, :size]
-    images, anns = [], []
-    for i in range(n):
-        pixels = rng.normal(40, 15, (size, size))
-        for _ in range(int(rng.integers(1, 5))):
-            cy, cx = rng.uniform(0.15, 0.85, 2) * size
-            ry, rx = rng.uniform(0.03, 0.12, 2) * size
-            blob = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
-            pixels[blob] = rng.uniform(150, 230)
-            rle = mask_utils.encode(np.asfortranarray(blob.astype(np.uint8)))
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "iscrowd": 0,
-                         "category_id": int(rng.integers(1, 3)), "area": int(blob.sum()),
-                         "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}})
-        name = f"synthetic_{i:04d}.png"
-        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(split_dir / "images" / name,
-                                                                   compress_level=1)
-        images.append({"id": i + 1, "file_name": name, "width": size, "height": size,
-                       "case_id": f"case{i // 4}", "slice_index": i})
-    (split_dir / "annotations.json").write_text(json.dumps(
-        {"images": images, "annotations": anns,
-         "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}))
-    (split_dir.parent / "dataset.json").write_text(json.dumps({"fingerprint": f"bench{size}"}))
-    return split_dir
-
-
-def build(name: str, method: str, img_size: int | None = None, freeze: tuple[str, ...] = ()):
-    from samtune.config import ModelConfig
-    from samtune.models.adapters import apply_method, parameter_report
-    from samtune.models.registry import build_model
-
-    cfg = ModelConfig(name=name, method="frozen" if method == "frozen_cached" else method,
-                      img_size=img_size, freeze=list(freeze))
-    model = apply_method(build_model(cfg), cfg)
-    return model, parameter_report(model)
-
-
-LOOP = {"num_workers": 0, "amp": "none"}  # set from the command line in main()
-
-
-def run_loop(model, data, epochs: int, batch_size: int, device: str, out: Path,
-             **overrides) -> list[dict]:
-    """The real loop, val off; → its per-epoch metrics (samples_per_s, peak_memory_mb, …)."""
-    from samtune.config import TrainConfig
-    from samtune.train.loop import train
-
-    settings = {"grad_clip": 1.0, "optimizer_kwargs": {"lr": 1e-5}, **LOOP, **overrides}
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, device=device, **settings)
-    return train(model, data, None, cfg, out).history
-
-
-def item_ms(data, n: int) -> float:
-    """Mean milliseconds to load one item."""
-    t0 = time.perf_counter()
-    [data[i] for i in range(n)]
-    return round((time.perf_counter() - t0) / n * 1000, 2)
-
-
-def epoch_times(history: list[dict], n: int) -> list[float]:
-    return [round(n / h["samples_per_s"], 3) for h in history]
-
-
-def steady(times: list[float]) -> float:
-    """Median epoch time after the first (the first carries the warm-up)."""
-    return statistics.median(times[1:] if len(times) > 1 else times)
 
 
 def bench_cache(name: str, n: int, epochs: tuple[int, int], batch: int, device: str,
@@ -144,47 +77,6 @@ def bench_cache(name: str, n: int, epochs: tuple[int, int], batch: int, device: 
                store.nbytes() / max(len(store), 1) / 2**20, 3),
            "trainable_params": report["trainable"]}
     logger.info("(a) %s: %s", name, res)
-    return res
-
-
-def bench_speedup(name: str, img_size: int, n: int, epochs: int, batch: int, device: str,
-                  tmp: Path) -> dict:
-    """samtune's full fine-tune (the real loop) vs MedSAM's training loop (bench/
-    medsam_reference.py) on the same slices, prompts per instance and loss (Dice + BCE, the
-    prompt encoder frozen in both); slices/s = slices ÷ epoch seconds, the median epoch after
-    the first of each. samtune encodes each slice once per step and decodes all its instances
-    in one call; the reference encodes a slice once per instance, as MedSAM's dataset does.
-    Epochs alternate (one of samtune's, one of the reference's, …) so that both see the same
-    machine load; each samtune epoch is one `train` call (its checkpoint writes are untimed)."""
-    from bench.medsam_reference import instance_pairs, reference_epoch, reference_optimizer
-    from samtune.train.data import SliceDataset
-
-    torch.manual_seed(0)
-    model, report = build(name, "full", img_size, freeze=("prompt_encoder",))
-    torch.manual_seed(0)
-    ref_model, _ = build(name, "full", img_size)
-    dev = torch.device(device)
-    ref_model.to(dev)
-    optimizer = reference_optimizer(ref_model)
-    data = SliceDataset(write_slices(tmp / f"speed_{name}" / "train", n, img_size), img_size)
-    pairs = instance_pairs(data)
-    rng = np.random.default_rng(0)
-    ours, ref, load = [], [], [os.getloadavg()[0]]
-    for epoch in range(epochs):
-        hist = run_loop(model, data, 1, batch, device, tmp / f"ckpt_speed{epoch}",
-                        iou_loss_weight=0.0, grad_clip=None, seed=epoch,
-                        optimizer_kwargs={"lr": 1e-4, "weight_decay": 0.01})
-        ours += epoch_times(hist, n)
-        ref.append(round(reference_epoch(ref_model, data, pairs, batch, ref_model.normalize,
-                                         optimizer, dev, LOOP["amp"], rng), 3))
-        load.append(os.getloadavg()[0])
-    res = {"img_size": img_size, "slices": n, "instances": len(pairs), "batch_size": batch,
-           "epochs": epochs, "samtune_epoch_s": ours, "reference_epoch_s": ref,
-           "samtune_slices_per_s": round(n / steady(ours), 4),
-           "reference_slices_per_s": round(n / steady(ref), 4),
-           "speedup": round(steady(ref) / steady(ours), 2),
-           "load_avg_1min": [round(x, 2) for x in load], "trainable_params": report["trainable"]}
-    logger.info("(d) %s speedup vs MedSAM-style loop: %s", name, res)
     return res
 
 
@@ -226,38 +118,6 @@ def child_method(args: argparse.Namespace) -> dict:
     res["train_gflop_per_sample"] = round(train_flops_per_sample(args.models, args.child) / 1e9,
                                           1)
     return res
-
-
-# Dense bf16 tensor-core peaks (TFLOP/s) for MFU; other GPUs report no MFU.
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
-
-
-def train_flops_per_sample(name: str, method: str, prompts: int = 1) -> float:
-    """FLOPs of one training sample (slice) counted on the meta device: a trained part costs
-    3× its forward (forward + backward), a frozen encoder 1× (0× with the cache)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from samtune.models.base import Prompts
-    from samtune.models.registry import build_architecture
-
-    model = build_architecture(name, meta=True)
-    s = model.img_size
-    with FlopCounterMode(display=False) as enc:
-        emb = model.encode(torch.empty(1, 3, s, s, device="meta"))
-    boxes = torch.tensor([[s * 0.1, s * 0.1, s * 0.3, s * 0.3]] * prompts, device="meta")
-    with FlopCounterMode(display=False) as dec:
-        model.decode(emb, 0, Prompts(boxes=boxes))
-    encoder = {"frozen": 1, "frozen_cached": 0}.get(method, 3) * enc.get_total_flops()
-    return float(encoder + 3 * dec.get_total_flops())
-
-
-def mfu(name: str, method: str, samples_per_s: float) -> float | None:
-    """Model FLOPs utilisation on the current GPU in bf16, or None off a known GPU."""
-    if not torch.cuda.is_available():
-        return None
-    gpu = torch.cuda.get_device_name()
-    peak = next((v for k, v in PEAK_BF16.items() if k in gpu), None)
-    return None if peak is None else samples_per_s * train_flops_per_sample(name, method) / peak
 
 
 def bench_methods(name: str, steps: int, batch: int, device: str) -> dict:
