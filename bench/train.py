@@ -18,7 +18,8 @@ val off); epoch times are the loop's own `samples_per_s`.
       prompts and loss, epochs alternating (a reference epoch after each of samtune's, from the
       loop's epoch callback); speedup = reference epoch ÷ samtune epoch (medians after the
       first). --quick (≤ 10 min on 2 idle CPU cores): sam_tiny for (a)–(c), plus the
-      ViT-B cache ratio and (d) at 512 px on 4 slices (CUDA: 1024 px, 8 slices).
+      ViT-B cache ratio at its released 1024 px on 2 slices (--cache-size, --cache-slices) and
+      (d) at 512 px on 4 slices (CUDA: 1024 px, 8 slices).
   (e) 3D: bench/train3d.py for --model-3d (default sam_med3d_turbo at 128³) in a subprocess:
       samples/s with 0 and 5 click rounds, one round ÷ encoder fwd+bwd, peak memory.
 Ends with one JSON line; top-level `cache_ratio_vit_b` and `speedup_vs_reference`.
@@ -220,12 +221,15 @@ def main() -> None:
     p.add_argument("--amp", default="none", choices=("none", "bf16"))
     p.add_argument("--num-workers", type=int, default=0, help="train.num_workers (data loading)")
     p.add_argument("--quick", action="store_true", help="≤ 10 min on 2 CPU cores: sam_tiny, "
-                   "few slices; ViT-B cache ratio and (d) at --speed-size")
+                   "few slices; the ViT-B cache ratio at --cache-size and (d) at --speed-size")
     p.add_argument("--speed-model", default="sam_vit_b", help="(d): samtune vs MedSAM's loop")
-    p.add_argument("--speed-size", type=int, help="(d) and the --quick ViT-B cache input size; "
-                   "default 512 (CPU), 1024 (CUDA)")
+    p.add_argument("--speed-size", type=int, help="(d) input size; default 512 (CPU), 1024 "
+                   "(CUDA)")
+    p.add_argument("--cache-size", type=int, default=1024, help="--quick: ViT-B cache ratio "
+                   "input size (1024: the released size)")
+    p.add_argument("--cache-slices", type=int, default=2, help="--quick: ViT-B cache slices")
     p.add_argument("--speed-epochs", type=int, default=3, help="(d) epochs of each loop")
-    p.add_argument("--vit-slices", type=int, help=argparse.SUPPRESS)  # (d) + quick cache slices
+    p.add_argument("--vit-slices", type=int, help=argparse.SUPPRESS)  # (d) slices
     p.add_argument("--model-3d", default="sam_med3d_turbo", help="(e) 3D row (bench/train3d.py"
                    ", 128³ for the released size); '' skips it")
     p.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
@@ -259,10 +263,10 @@ def main() -> None:
             result["cache"][name] = bench_cache(name, n, tuple(args.epochs), args.batch,
                                                 args.device, Path(t) / name)
             result["instances"][name] = bench_instances(name, args.reps, device)
-        if args.quick:  # the ViT-B figure at a smaller input: same architecture, fewer slices
-            result["cache"]["sam_vit_b"] = bench_cache("sam_vit_b", vit_slices, (3, 8),
-                                                       args.batch, args.device,
-                                                       Path(t) / "vit_b", img_size=speed_size)
+        if args.quick:  # the ViT-B figure on few slices: same architecture and input size
+            result["cache"]["sam_vit_b"] = bench_cache("sam_vit_b", args.cache_slices, (3, 8),
+                                                       args.batch, args.device, Path(t) / "vit_b",
+                                                       img_size=args.cache_size)
         result["speedup"] = bench_speedup(args.speed_model, speed_size, vit_slices,
                                           args.speed_epochs, args.batch, args.device,
                                           Path(t) / "speed")

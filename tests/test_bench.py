@@ -24,7 +24,7 @@ RUNS = {
                 ["samples_per_s", "click_round_vs_encoder"]),
     "train": (["--quick", "--models", "sam_tiny", "--method-models", "sam_tiny",
                "--speed-model", "sam_tiny", "--speed-size", "64", "--speed-epochs", "2",
-               "--model-3d", "sam_med3d_tiny", "--vit-slices", "2"],
+               "--model-3d", "sam_med3d_tiny", "--vit-slices", "2", "--cache-size", "64"],
               ["cache_ratio_vit_b", "speedup_vs_reference"]),
 }
 
