@@ -11,7 +11,7 @@ import torch
 
 from bench.training_setup import LOOP, build, epoch_times, run_loop, steady, write_slices
 
-logger = logging.getLogger("bench.train")
+logger = logging.getLogger("bench.speedup")
 
 
 def bench_speedup(name: str, img_size: int, n: int, epochs: int, batch: int, device: str,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+
 def write_slices(split_dir: Path, n: int, size: int, seed: int = 0) -> Path:
     """n synthetic size×size grey slices with 1–4 elliptic blobs each, as an export split."""
     from PIL import Image
@@ -53,7 +54,7 @@ def build(name: str, method: str, img_size: int | None = None, freeze: tuple[str
     return model, parameter_report(model)
 
 
-LOOP = {"num_workers": 0, "amp": "none"}  # set from the command line in main()
+LOOP = {"num_workers": 0, "amp": "none"}  # set by bench/train.py's command line
 
 
 def run_loop(model, data, epochs: int, batch_size: int, device: str, out: Path,
